@@ -1,0 +1,3 @@
+"""API: exports."""
+
+urlpatterns: list = []

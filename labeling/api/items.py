@@ -1,0 +1,3 @@
+"""API: items."""
+
+urlpatterns: list = []

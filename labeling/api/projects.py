@@ -1,0 +1,3 @@
+"""API: projects."""
+
+urlpatterns: list = []

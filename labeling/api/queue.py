@@ -1,0 +1,3 @@
+"""API: queue."""
+
+urlpatterns: list = []

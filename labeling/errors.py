@@ -1,0 +1,58 @@
+"""Typed domain errors with stable machine-readable codes.
+
+The API's exception handler turns them into ``{"code", "message", "extra"}`` with the
+error's HTTP status; management commands print the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApplicationError(Exception):
+    code = "invalid"
+    http_status = 400
+
+    def __init__(self, message: str, *, code: str | None = None, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extra = extra or {}
+
+
+class NotFoundError(ApplicationError):
+    code = "not_found"
+    http_status = 404
+
+
+class PermissionDeniedError(ApplicationError):
+    code = "permission_denied"
+    http_status = 403
+
+
+class ConflictError(ApplicationError):
+    code = "conflict"
+    http_status = 409
+
+
+class LeaseNotOpenError(ConflictError):
+    code = "lease_not_open"
+
+
+class LeaseExpiredError(ConflictError):
+    code = "lease_expired"
+
+
+class InvalidLabelError(ApplicationError):
+    code = "invalid_label"
+    http_status = 400
+
+
+class PoolTooSmallError(ApplicationError):
+    code = "pool_too_small"
+    http_status = 422
+
+
+class TransientJobError(Exception):
+    """A background job failed for a reason worth retrying (broker, storage, DB outage)."""

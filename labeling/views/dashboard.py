@@ -1,0 +1,3 @@
+"""Browser pages: dashboard."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Browser pages: workspace."""
+
+urlpatterns: list = []
