@@ -89,6 +89,9 @@ if _db["ENGINE"].endswith("sqlite3"):
 else:
     _db.setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     _db.setdefault("CONN_HEALTH_CHECKS", True)
+if env.str("TEST_DB_NAME", default=""):
+    # Lets several test runs share one server without dropping each other's database.
+    _db["TEST"] = {"NAME": env.str("TEST_DB_NAME")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- auth, i18n -----------------------------------------------------------------------
