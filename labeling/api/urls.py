@@ -7,4 +7,5 @@ urlpatterns = [
     path("", include("labeling.api.items")),
     path("", include("labeling.api.queue")),
     path("", include("labeling.api.exports")),
+    path("", include("labeling.api.ml")),
 ]

@@ -1,0 +1,3 @@
+"""API: model versions, ML jobs, retraining."""
+
+urlpatterns: list = []
