@@ -8,4 +8,5 @@ urlpatterns = [
     path("", include("labeling.api.queue")),
     path("", include("labeling.api.exports")),
     path("", include("labeling.api.ml")),
+    path("", include("labeling.api.dashboard")),
 ]

@@ -1,0 +1,3 @@
+"""API: the manager dashboard."""
+
+urlpatterns: list = []
