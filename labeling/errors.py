@@ -56,3 +56,17 @@ class PoolTooSmallError(ApplicationError):
 
 class TransientJobError(Exception):
     """A background job failed for a reason worth retrying (broker, storage, DB outage)."""
+
+
+class ImportRejectedError(ApplicationError):
+    """An import refused as a whole (not a zip, no import roots...); single bad files go to the report."""
+
+    code = "import_rejected"
+    http_status = 400
+
+
+class ImportTooLargeError(ApplicationError):
+    """An import over a size or count limit as a whole (zip bytes, declared sizes, entry count)."""
+
+    code = "import_too_large"
+    http_status = 413
