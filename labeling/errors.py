@@ -70,3 +70,26 @@ class ImportTooLargeError(ApplicationError):
 
     code = "import_too_large"
     http_status = 413
+
+
+# --- queue (labeling.services.queue) -------------------------------------------------
+class ClientIdConflictError(ConflictError):
+    """A submit reused a client_id that already names a different answer (other lease or label)."""
+
+    code = "client_id_conflict"
+
+
+class TooManyLeasesError(ConflictError):
+    """The caller already holds the most active leases allowed in the project (hoarding guard)."""
+
+    code = "too_many_leases"
+
+
+class UndoWindowPassedError(ConflictError):
+    code = "undo_window_passed"
+
+
+class NotLatestAnnotationError(ConflictError):
+    """Undo applies only to the caller's latest live annotation in the project."""
+
+    code = "not_latest"
