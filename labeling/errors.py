@@ -93,3 +93,19 @@ class NotLatestAnnotationError(ConflictError):
     """Undo applies only to the caller's latest live annotation in the project."""
 
     code = "not_latest"
+
+
+# --- learning loop (labeling.services.ml_jobs / ml_runs) -----------------------------
+class NotEnoughLabelsError(ApplicationError):
+    """Training was requested before the training split has enough labeled items."""
+
+    code = "not_enough_labels"
+    http_status = 422
+
+
+class MLJobFailedError(Exception):
+    """A background ML job failed permanently; ``code`` is stored on MLJob.error_code."""
+
+    def __init__(self, message: str, *, code: str = "job_failed") -> None:
+        super().__init__(message)
+        self.code = code
