@@ -102,8 +102,10 @@ function ensurePrefetch() {
   prefetching = leaseNext(current.lease.id)
     .then((slot) => { if (slot) ahead.push(slot); else noMore = true; })
     .catch((err) => {
-      setTimeout(ensurePrefetch, 3000); // offline: try again, the current item stays usable
+      // Offline: try again, the current item stays usable. A refusal (e.g. too many leases
+      // held) is retried when the next item is shown.
       if (err.code) note(`Could not load the next item: ${err.message}`, true);
+      else setTimeout(ensurePrefetch, 3000);
     })
     .finally(() => { prefetching = null; });
   return prefetching;
@@ -217,8 +219,11 @@ async function undo() {
       const annotationId = await entry.done;
       if (annotationId) {
         const res = await api(`annotations/${annotationId}/undo/`, { method: "POST", body: {} });
-        if (res.status === 409) return note("Too late to undo: the 2-minute window has passed.");
-        if (!res.ok) return note(`Undo failed: ${(await errorOf(res)).message}`, true);
+        if (!res.ok) {
+          const err = await errorOf(res);
+          if (err.code === "undo_window_passed") return note("Too late to undo: the 2-minute window has passed.");
+          return note(`Undo failed: ${err.message}`, true);
+        }
         slot = toSlot(await res.json());
       }
     }
