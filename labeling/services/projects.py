@@ -126,10 +126,15 @@ def project_create(
     values = {"name": name, **fields}
     values.setdefault("max_overlap", values.get("overlap", 1))
     _check_project_numbers(values)
-    for spec in classes:
-        _check_class_fields(
-            name=spec["name"], shortcut=spec.get("shortcut", ""), color=spec.get("color", "#4e79a7")
-        )
+    for i, spec in enumerate(classes):
+        try:
+            _check_class_fields(
+                name=spec["name"], shortcut=spec.get("shortcut", ""), color=spec.get("color", "#4e79a7")
+            )
+        except ValidationError as exc:
+            raise ValidationError(
+                {"classes": [f"classes[{i}].{field}: {msg}" for field, msgs in exc.message_dict.items() for msg in msgs]}
+            )
     _check_class_set(classes)
 
     project = Project.objects.create(created_by=actor, **values)
