@@ -9,17 +9,17 @@ from celery import shared_task
 
 from labeling.errors import TransientJobError
 
-IMPORT_JOB = dict(
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(TransientJobError,),
-    retry_backoff=30,
-    retry_jitter=True,
-    max_retries=3,
-    soft_time_limit=55 * 60,
-    time_limit=60 * 60,
-)
+IMPORT_JOB = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (TransientJobError,),
+    "retry_backoff": 30,
+    "retry_jitter": True,
+    "max_retries": 3,
+    "soft_time_limit": 55 * 60,
+    "time_limit": 60 * 60,
+}
 
 
 @shared_task(name="labeling.import_items", **IMPORT_JOB)

@@ -169,7 +169,9 @@ def _reader(fileobj: IO[bytes]) -> Callable[[int], bytes]:
 def candidates_from_uploads(files: Sequence[UploadedFile]) -> list[ImportCandidate]:
     """Candidates from multipart uploads (Django keeps big ones in temporary files)."""
     return [
-        ImportCandidate(name=display_name(os.path.basename((f.name or "").replace("\\", "/"))), read=_reader(f), size=f.size)
+        ImportCandidate(
+            name=display_name(os.path.basename((f.name or "").replace("\\", "/"))), read=_reader(f), size=f.size
+        )
         for f in files
     ]
 
@@ -289,10 +291,16 @@ def candidates_from_folder(directory: Path) -> list[ImportCandidate]:
         try:
             size = path.stat().st_size
         except OSError as exc:
-            out.append(ImportCandidate(name=display_name(str(path.relative_to(directory))),
-                                       rejection=Rejection(RejectCode.UNREADABLE, f"Could not read: {exc.strerror}")))
+            out.append(
+                ImportCandidate(
+                    name=display_name(str(path.relative_to(directory))),
+                    rejection=Rejection(RejectCode.UNREADABLE, f"Could not read: {exc.strerror}"),
+                )
+            )
             continue
-        out.append(ImportCandidate(name=display_name(str(path.relative_to(directory))), read=_path_reader(path), size=size))
+        out.append(
+            ImportCandidate(name=display_name(str(path.relative_to(directory))), read=_path_reader(path), size=size)
+        )
     return out
 
 
@@ -333,10 +341,16 @@ def candidates_from_references(references: Sequence[dict[str, Any]]) -> list[Imp
             try:
                 st = path.stat()
             except OSError as exc:
-                out.append(ImportCandidate(name=name, rejection=Rejection(RejectCode.UNREADABLE, f"Could not read: {exc.strerror}")))
+                out.append(
+                    ImportCandidate(
+                        name=name, rejection=Rejection(RejectCode.UNREADABLE, f"Could not read: {exc.strerror}")
+                    )
+                )
                 continue
             if not stat.S_ISREG(st.st_mode):
-                out.append(ImportCandidate(name=name, rejection=Rejection(RejectCode.UNREADABLE, "Not a regular file.")))
+                out.append(
+                    ImportCandidate(name=name, rejection=Rejection(RejectCode.UNREADABLE, "Not a regular file."))
+                )
                 continue
             out.append(ImportCandidate(name=name, read=_path_reader(path), size=st.st_size, metadata=metadata))
     return out

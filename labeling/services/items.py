@@ -16,6 +16,7 @@ duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -207,9 +208,7 @@ def items_import_files(*, project: Project, files: Sequence[UploadedFile]) -> Im
     return items_import(project=project, candidates=candidates_from_uploads(files), total=len(files))
 
 
-def items_import_zip(
-    *, project: Project, fileobj: Any, on_progress: ProgressCallback | None = None
-) -> ImportReport:
+def items_import_zip(*, project: Project, fileobj: Any, on_progress: ProgressCallback | None = None) -> ImportReport:
     """Import every image in a zip (read in memory, never extracted). Raises ImportRejectedError/TooLarge."""
     with zip_open(fileobj) as zf:
         total = len(zip_check_limits(zf))
@@ -355,8 +354,10 @@ def _import_job_create(
     try:
         with transaction.atomic():
             job = ImportJob.objects.create(
-                project=project, created_by=actor if actor and actor.is_authenticated else None,
-                source=source, total=total,
+                project=project,
+                created_by=actor if actor and actor.is_authenticated else None,
+                source=source,
+                total=total,
             )
             content = manifest(job) if callable(manifest) else manifest
             staged_manifest = default_storage.save(
@@ -439,7 +440,10 @@ def import_job_run(*, job_id: int) -> None:
     _staging_delete(prefix)
     logger.info(
         "import job %s done: imported=%s duplicates=%s rejected=%s",
-        job.id, report.imported, len(report.duplicates), len(report.rejected),
+        job.id,
+        report.imported,
+        len(report.duplicates),
+        len(report.rejected),
     )
 
 
@@ -483,7 +487,5 @@ def _staging_delete(prefix: str) -> None:
         _delete_stored([f"{prefix}/{name}"])
     for sub in dirs:
         _staging_delete(f"{prefix}/{sub}")
-    try:
+    with contextlib.suppress(NotImplementedError, OSError):
         Path(default_storage.path(prefix)).rmdir()
-    except (NotImplementedError, OSError):
-        pass
