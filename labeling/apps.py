@@ -14,3 +14,4 @@ class LabelingConfig(AppConfig):
         db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
         broker = settings.CELERY_BROKER_URL.split("://", 1)[0]
         log.debug("annotate mode=%s database=%s broker=%s", settings.ANNOTATE_ENV, db, broker)
+        from labeling import queue_tasks  # noqa: F401 - registers the beat task; autodiscovery finds only tasks.py
