@@ -138,17 +138,27 @@ class ImageInfo:
 # --- names ----------------------------------------------------------------------------
 
 
-def display_name(raw: str) -> str:
+def display_name(raw: str, *, keep_leading_slash: bool = False) -> str:
     """A file name fit to show: NFC, no control or bidi-override characters, at most 255 chars.
 
     Keeps the tail when it must cut, so the extension survives.
     """
     name = unicodedata.normalize("NFC", raw.replace("\\", "/"))
     # Cc: control characters; Cf: format characters (bidi overrides that can disguise "gpj.exe").
-    name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf"}).strip().strip("/")
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf"}).strip()
+    name = name.rstrip("/") if keep_leading_slash else name.strip("/")
     if len(name) > DISPLAY_NAME_MAX:
         name = "…" + name[-(DISPLAY_NAME_MAX - 1) :]
     return name or "unnamed"
+
+
+def _name_under_root(raw: str) -> str:
+    """A reference's display name: its path below the import root it was given under."""
+    for root in settings.IMPORT_ROOTS:
+        for prefix in {root.rstrip("/"), os.path.realpath(root)}:
+            if prefix and raw.startswith(prefix + "/"):
+                return display_name(raw[len(prefix) + 1 :])
+    return display_name(os.path.basename(raw))
 
 
 def _ignored(parts: Sequence[str]) -> bool:
@@ -333,11 +343,12 @@ def candidates_from_references(references: Sequence[dict[str, Any]]) -> list[Imp
         metadata = dict(ref.get("metadata") or {})
         resolved = reference_resolve(raw)
         if isinstance(resolved, Rejection):
-            out.append(ImportCandidate(name=display_name(raw), rejection=resolved))
+            out.append(ImportCandidate(name=display_name(raw, keep_leading_slash=True), rejection=resolved))
             continue
         paths = _walk_files(resolved) if resolved.is_dir() else [resolved]
         for path in paths:
-            name = display_name(raw if path == resolved else str(Path(raw) / path.relative_to(resolved)))
+            given = raw if path == resolved else os.path.join(raw, str(path.relative_to(resolved)))
+            name = _name_under_root(os.path.normpath(given))
             try:
                 st = path.stat()
             except OSError as exc:
