@@ -271,9 +271,14 @@ class LabelClassDetailApi(APIView):
 
     @extend_schema(
         operation_id="label_class_delete",
-        responses={204: None, 403: ERRORS[403], 404: ERRORS[404], 409: OpenApiResponse(
-            description="class_in_use (annotated, reviewed or gold) or too_few_classes (a project keeps two)"
-        )},
+        responses={
+            204: None,
+            403: ERRORS[403],
+            404: ERRORS[404],
+            409: OpenApiResponse(
+                description="class_in_use (annotated, reviewed or gold) or too_few_classes (a project keeps two)"
+            ),
+        },
     )
     def delete(self, request: Request, project_id: int, class_id: int) -> Response:
         project, _ = project_access(project_id=project_id, user=request.user, roles=MANAGE)
@@ -313,7 +318,11 @@ class MembershipCollectionApi(APIView):
             max_digits=10, decimal_places=2, min_value=0, required=False, help_text="Pay per hour; default 0."
         )
         price_per_label = serializers.DecimalField(
-            max_digits=10, decimal_places=4, min_value=0, required=False, allow_null=True,
+            max_digits=10,
+            decimal_places=4,
+            min_value=0,
+            required=False,
+            allow_null=True,
             help_text="If set, pay per annotation instead of per hour.",
         )
 

@@ -133,7 +133,11 @@ def project_create(
             )
         except ValidationError as exc:
             raise ValidationError(
-                {"classes": [f"classes[{i}].{field}: {msg}" for field, msgs in exc.message_dict.items() for msg in msgs]}
+                {
+                    "classes": [
+                        f"classes[{i}].{field}: {msg}" for field, msgs in exc.message_dict.items() for msg in msgs
+                    ]
+                }
             )
     _check_class_set(classes)
 
@@ -377,4 +381,3 @@ def membership_delete(*, membership: Membership, actor: AbstractBaseUser) -> Non
     if membership.role == Membership.Role.MANAGER:
         _check_keeps_a_manager(project=project, leaving=membership)
     Membership.objects.filter(pk=membership.pk).delete()
-

@@ -154,9 +154,7 @@ def test_get_project_members_only(api_client) -> None:
 def test_patch_project(api_client) -> None:
     project, manager, (annotator,) = project_with_members()
     api_client.force_authenticate(manager)
-    response = api_client.patch(
-        f"/api/v1/projects/{project.pk}/", {"name": "Renamed", "max_overlap": 3}, format="json"
-    )
+    response = api_client.patch(f"/api/v1/projects/{project.pk}/", {"name": "Renamed", "max_overlap": 3}, format="json")
     assert response.status_code == 200, response.json()
     assert (response.json()["name"], response.json()["max_overlap"]) == ("Renamed", 3)
     # the combined settings are validated: overlap above the stored max_overlap is refused
