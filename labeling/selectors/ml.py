@@ -152,11 +152,14 @@ def embedding_matrix(
 ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """Cached embeddings as ``(ids (n,), X (n, d) float32)``, ordered by item id.
 
-    ``item_ids`` restricts the rows (ids without an embedding are simply absent from the
-    result, so callers align on the returned ids). Empty: ``ids`` (0,), ``X`` (0, 0).
+    ``item_ids`` (ids, or a ``values_list("id")`` queryset used as a subquery) restricts the
+    rows; ids without an embedding are simply absent from the result, so callers align on the
+    returned ids. Empty: ``ids`` (0,), ``X`` (0, 0).
     """
     qs = Embedding.objects.filter(item__project_id=project_id, backbone=backbone)
-    if item_ids is not None:
+    if isinstance(item_ids, QuerySet):  # a subquery: no id list travels through Python
+        qs = qs.filter(item_id__in=item_ids)
+    elif item_ids is not None:
         wanted = list(item_ids)
         if not wanted:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
