@@ -86,9 +86,10 @@ function heldLeaseIds() {
 
 // Lease the next item, one we do not already hold. A label still on its way leaves its
 // lease open on the server; let it land first (briefly), so the server cannot hand that
-// same lease back as "your next item". null: nothing is left.
-async function leaseNext(excludeLeaseId) {
-  await Promise.race([outboxIdle(), new Promise((r) => setTimeout(r, 3000))]);
+// same lease back as "your next item" (and a lease we hold is never shown twice anyway).
+// null: nothing is left.
+async function leaseNext(excludeLeaseId, waitMs) {
+  if (waitMs) await Promise.race([outboxIdle(), new Promise((r) => setTimeout(r, waitMs))]);
   for (let attempt = 0; ; attempt++) {
     const slot = await fetchNext(excludeLeaseId);
     if (!slot || !heldLeaseIds().has(slot.lease.id)) return slot;
@@ -99,7 +100,7 @@ async function leaseNext(excludeLeaseId) {
 
 function ensurePrefetch() {
   if (prefetching || ahead.length || noMore || !current) return prefetching;
-  prefetching = leaseNext(current.lease.id)
+  prefetching = leaseNext(current.lease.id, 1500)
     .then((slot) => { if (slot) ahead.push(slot); else noMore = true; })
     .catch((err) => {
       // Offline: try again, the current item stays usable. A refusal (e.g. too many leases
@@ -118,7 +119,7 @@ async function advance() {
     if (prefetching) await prefetching;
     if (!ahead.length && !noMore) {
       try {
-        const slot = await leaseNext(null);
+        const slot = await leaseNext(null, 0); // the user is waiting: no grace period
         if (current) { if (slot) ahead.push(slot); return; } // an undo showed an item meanwhile
         if (slot) ahead.push(slot); else noMore = true;
       } catch (err) {
@@ -365,8 +366,8 @@ function flash(button) {
 // ---- view: zoom and contrast (for medical images) ---------------------------------------
 const ZOOMS = [1, 1.5, 2, 3, 4, 6, 8];
 const PRESETS = [
-  ["normal", "none"], ["contrast +", "contrast(1.6)"], ["bright", "brightness(1.5)"],
-  ["dark, high contrast", "brightness(0.8) contrast(1.9)"], ["inverted", "invert(1)"],
+  ["normal", "none"], ["contrast+", "contrast(1.6)"], ["bright", "brightness(1.5)"],
+  ["dark+contrast", "brightness(0.8) contrast(1.9)"], ["inverted", "invert(1)"],
 ];
 let zoom = 0, preset = 0;
 
@@ -407,7 +408,7 @@ function toggleHelp() {
 }
 
 document.addEventListener("keydown", (e) => {
-  if (e.target.closest("input, textarea, select, [contenteditable]")) return;
+  if (e.target instanceof Element && e.target.closest("input, textarea, select, [contenteditable]")) return;
   const key = e.key.toLowerCase();
   if ($("ws-help").open && key !== "?") return; // Esc closes the dialog natively
   let action = null;
