@@ -108,7 +108,7 @@ def _prepare(table: AnswerTable, gold: Mapping[int, int] | None) -> _Prepared:
         raise GoldError(f"gold item indices must lie in [0, {table.n_items})")
     if gc.size and (int(gc.min()) < 0 or int(gc.max()) >= k):
         raise GoldError(f"gold class indices must lie in [0, {k})")
-    item_weight = np.bincount(table.item, weights=w, minlength=table.n_items)  # (n_items,)
+    item_weight = _bincount(table.item, weights=w, minlength=table.n_items)  # (n_items,)
     return _Prepared(
         item=table.item,
         annotator=table.annotator,
@@ -123,14 +123,19 @@ def _prepare(table: AnswerTable, gold: Mapping[int, int] | None) -> _Prepared:
         answered=item_weight > 0,
         gold_items=gi,
         gold_classes=gc,
-        answer_weight=np.bincount(table.annotator, weights=w, minlength=table.n_annotators),
+        answer_weight=_bincount(table.annotator, weights=w, minlength=table.n_annotators),
         total_weight=float(w.sum()),
     )
 
 
+def _bincount(x: I64, weights: F64 | None = None, minlength: int = 0) -> F64:
+    """np.bincount that always returns float64 (it returns int64 for empty input)."""
+    return np.bincount(x, weights=weights, minlength=minlength).astype(np.float64, copy=False)
+
+
 def _vote_counts(p: _Prepared) -> F64:
     """Weighted votes per item and class. Shape (n_items, k)."""
-    flat = np.bincount(p.item_label, weights=p.w, minlength=p.n_items * p.k)
+    flat = _bincount(p.item_label, weights=p.w, minlength=p.n_items * p.k)
     return flat.reshape(p.n_items, p.k)
 
 
@@ -138,7 +143,7 @@ def _per_item_sum(p: _Prepared, values: F64) -> F64:
     """Sum ``values`` (rows, n) over the answers of each item: (rows, n) -> (n_items, rows)."""
     out = np.empty((p.n_items, values.shape[0]), dtype=np.float64)
     for j in range(values.shape[0]):  # k iterations, each one vectorized over all answers
-        out[:, j] = np.bincount(p.item, weights=values[j], minlength=p.n_items)
+        out[:, j] = _bincount(p.item, weights=values[j], minlength=p.n_items)
     return out
 
 
@@ -177,7 +182,7 @@ def annotator_confusion(table: AnswerTable, reference: NDArray[np.integer[Any]],
         keep = np.asarray(mask, dtype=bool)[table.item]  # (n,)
         w = np.where(keep, w, 0.0)
     cell = (table.annotator * k + ref[table.item]) * k + table.label  # (n,)
-    flat = np.bincount(cell, weights=w, minlength=table.n_annotators * k * k)
+    flat = _bincount(cell, weights=w, minlength=table.n_annotators * k * k)
     return flat.reshape(table.n_annotators, k, k)
 
 
@@ -441,7 +446,7 @@ class DawidSkene(_EMAggregator):
             t_by_class *= p.w
         counts = np.empty((p.n_annotators, k, k))  # counts[a, j, l]
         for j in range(k):
-            counts[:, j, :] = np.bincount(
+            counts[:, j, :] = _bincount(
                 p.annotator_label, weights=t_by_class[j], minlength=p.n_annotators * k
             ).reshape(p.n_annotators, k)
         counts += self.smoothing * _diagonal_prior(k, self.prior_diagonal)[None, :, :]
@@ -497,7 +502,7 @@ class OneCoinDawidSkene(_EMAggregator):
         correct = t.reshape(-1)[p.item_label]  # (n,) posterior that the answer is right
         if not p.unit_weights:
             correct = correct * p.w
-        hits = np.bincount(p.annotator, weights=correct, minlength=p.n_annotators)
+        hits = _bincount(p.annotator, weights=correct, minlength=p.n_annotators)
         num = hits + self.smoothing * self.prior_diagonal
         den = p.answer_weight + self.smoothing
         acc: F64 = np.divide(num, den, out=np.full(p.n_annotators, self.prior_diagonal), where=den > 0)
@@ -513,8 +518,8 @@ class OneCoinDawidSkene(_EMAggregator):
         bonus_w = (log_right - log_wrong)[p.annotator] if k > 1 else log_right[p.annotator]  # (n,)
         if not p.unit_weights:
             base_w, bonus_w = base_w * p.w, bonus_w * p.w
-        base = np.bincount(p.item, weights=base_w, minlength=p.n_items)  # (n_items,)
-        bonus = np.bincount(p.item_label, weights=bonus_w, minlength=p.n_items * k).reshape(p.n_items, k)
+        base = _bincount(p.item, weights=base_w, minlength=p.n_items)  # (n_items,)
+        bonus = _bincount(p.item_label, weights=bonus_w, minlength=p.n_items * k).reshape(p.n_items, k)
         log_lik = bonus + base[:, None]
         s, d = self.smoothing, self.prior_diagonal
         log_param_prior = float((s * d * log_right + s * (1 - d) * np.log(np.maximum(1.0 - acc, _TINY))).sum())
@@ -594,10 +599,10 @@ class MACE(_EMAggregator):
         if not p.unit_weights:
             knew, guessed = knew * p.w, guessed * p.w
         s = self.smoothing
-        theta_num = np.bincount(p.annotator, weights=knew, minlength=p.n_annotators) + s * self.prior_competence
+        theta_num = _bincount(p.annotator, weights=knew, minlength=p.n_annotators) + s * self.prior_competence
         theta_den = p.answer_weight + s
         theta = np.divide(theta_num, theta_den, out=np.full(p.n_annotators, self.prior_competence), where=theta_den > 0)
-        xi_num = np.bincount(p.annotator_label, weights=guessed, minlength=p.n_annotators * k).reshape(-1, k) + s / k
+        xi_num = _bincount(p.annotator_label, weights=guessed, minlength=p.n_annotators * k).reshape(-1, k) + s / k
         xi_den = xi_num.sum(axis=1, keepdims=True)
         xi = np.divide(xi_num, xi_den, out=np.full_like(xi_num, 1.0 / k), where=xi_den > 0)
         guess = (1.0 - theta)[:, None] * xi  # (n_annotators, k)
@@ -615,8 +620,8 @@ class MACE(_EMAggregator):
         bonus_w = st.log_right.reshape(-1)[p.annotator_label] - wrong  # (n,)
         if not p.unit_weights:
             wrong, bonus_w = wrong * p.w, bonus_w * p.w
-        base = np.bincount(p.item, weights=wrong, minlength=p.n_items)  # (n_items,)
-        bonus = np.bincount(p.item_label, weights=bonus_w, minlength=p.n_items * k).reshape(p.n_items, k)
+        base = _bincount(p.item, weights=wrong, minlength=p.n_items)  # (n_items,)
+        bonus = _bincount(p.item_label, weights=bonus_w, minlength=p.n_items * k).reshape(p.n_items, k)
         s, c = self.smoothing, self.prior_competence
         log_param_prior = float(
             (s * c * np.log(np.maximum(st.theta, _TINY))).sum()
