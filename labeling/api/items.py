@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import path, reverse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
@@ -64,7 +64,7 @@ class ImportJobOutputSerializer(serializers.Serializer):
     source = serializers.CharField(help_text="What is imported (zip name, files, references).")
     total = serializers.IntegerField(help_text="Files to look at (0 until known).")
     processed = serializers.IntegerField(help_text="Files looked at so far.")
-    report = ImportReportSerializer(allow_null=True, help_text="The import report once the job has finished.")
+    report = serializers.SerializerMethodField(help_text="The import report once the job has finished, else null.")
     error = serializers.CharField(help_text="Why the job failed, if it did.")
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
@@ -76,11 +76,9 @@ class ImportJobOutputSerializer(serializers.Serializer):
     def get_url(self, job: ImportJob) -> str:
         return reverse("import-job-detail", kwargs={"job_id": job.pk})
 
-    def to_representation(self, instance: ImportJob) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        if not instance.report:
-            data["report"] = None
-        return data
+    @extend_schema_field(ImportReportSerializer(allow_null=True))
+    def get_report(self, job: ImportJob) -> dict[str, Any] | None:
+        return ImportReportSerializer(job.report).data if job.report else None
 
 
 class ItemOutputSerializer(serializers.Serializer):

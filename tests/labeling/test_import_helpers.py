@@ -59,7 +59,9 @@ def upload(name: str, content: bytes, content_type: str = "application/octet-str
     return SimpleUploadedFile(name, content, content_type=content_type)
 
 
-def make_zip(entries: list[tuple[str, bytes]], *, symlinks: dict[str, str] | None = None, dirs: list[str] = ()) -> bytes:  # type: ignore[assignment]
+def make_zip(
+    entries: list[tuple[str, bytes]], *, symlinks: dict[str, str] | None = None, dirs: list[str] = ()
+) -> bytes:  # type: ignore[assignment]
     """A zip with ``entries`` as written (absolute or '..' names kept), plus symlink and directory entries."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:

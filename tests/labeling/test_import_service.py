@@ -224,7 +224,7 @@ def test_zip_entry_lying_about_its_size_is_read_with_a_cap(settings) -> None:  #
     zf = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
     info = zf.infolist()[0]
     info.file_size = 10  # the central directory lies; the cap still holds
-    from labeling.services.imports import candidates_from_zip, candidate_load
+    from labeling.services.imports import candidate_load, candidates_from_zip
 
     (candidate,) = list(candidates_from_zip(zf))
     result = candidate_load(candidate)
