@@ -9,4 +9,5 @@ urlpatterns = [
     path("", include("labeling.api.exports")),
     path("", include("labeling.api.ml")),
     path("", include("labeling.api.dashboard")),
+    path("", include("labeling.api.review")),
 ]

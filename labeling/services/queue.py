@@ -435,10 +435,15 @@ def leases_reclaim_expired(
 def _after_submit(item_ids: list[int]) -> None:
     """The single hook point for consensus, run after commit of a submit or an undo.
 
-    TODO(consensus issue): call
-    ``labeling.services.consensus.consensus_update_items(item_ids=item_ids)`` here once that
-    module exists. Deliberately a no-op until then.
+    Consensus (and through it adaptive overlap and the training cadence) is derived state:
+    if it fails here the annotation is already safe, and the next full recompute repairs it.
     """
+    from labeling.services.consensus import consensus_update_items
+
+    try:
+        consensus_update_items(item_ids=item_ids)
+    except Exception:  # noqa: BLE001 - never fail an acknowledged submit over derived state
+        log.exception("consensus update failed for items %s", item_ids)
 
 
 def _lease_get_own(*, user: AbstractBaseUser, lease_id: int) -> Lease:
