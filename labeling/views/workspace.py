@@ -43,9 +43,6 @@ BUILTIN_KEYS = {
 }
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _DEFAULT_COLOR = "#4e79a7"
-# The server refuses undo after this long (the annotations API); the page only uses it to
-# grey out the undo button, the server has the last word.
-UNDO_WINDOW_SECONDS = 120
 
 
 def _count_subquery(queryset: QuerySet[Any], group_by: str) -> Coalesce:
@@ -132,7 +129,8 @@ def workspace(request: HttpRequest, project_id: int) -> HttpResponse:
         "userId": request.user.pk,
         "apiRoot": "/api/v1/",
         "csrfCookieName": settings.CSRF_COOKIE_NAME,
-        "undoWindowSeconds": UNDO_WINDOW_SECONDS,
+        # The page only greys out the undo button with it; the undo API has the last word.
+        "undoWindowSeconds": getattr(settings, "UNDO_WINDOW_SECONDS", 120),
         "showSuggestions": project.show_suggestions,
         "classes": classes,
         "keys": keys,

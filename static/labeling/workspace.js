@@ -72,35 +72,44 @@ function toSlot(data) {
   return slot;
 }
 
-async function fetchNext(excludeLeaseId) {
-  const query = excludeLeaseId ? `?exclude=${encodeURIComponent(excludeLeaseId)}` : "";
+async function fetchNext(excludeIds) {
+  const query = excludeIds.length ? `?exclude=${excludeIds.join(",")}` : "";
   const res = await api(`projects/${cfg.projectId}/next/${query}`);
   if (res.status === 204) return null;
   if (!res.ok) throw Object.assign(new Error("next failed"), await errorOf(res));
   return toSlot(await res.json());
 }
 
+// Leases this page holds or has answered without the server knowing yet.
 function heldLeaseIds() {
-  return new Set([current, ...ahead, ...history.map((h) => h.slot)].filter(Boolean).map((s) => s.lease.id));
+  const slots = [current, ...ahead, ...history.map((h) => h.slot)].filter(Boolean);
+  return new Set([...slots.map((s) => s.lease.id), ...outbox.map((op) => op.leaseId)]);
 }
 
-// Lease the next item, one we do not already hold. A label still on its way leaves its
-// lease open on the server; let it land first (briefly), so the server cannot hand that
-// same lease back as "your next item" (and a lease we hold is never shown twice anyway).
-// null: nothing is left.
-async function leaseNext(excludeLeaseId, waitMs) {
-  if (waitMs) await Promise.race([outboxIdle(), new Promise((r) => setTimeout(r, waitMs))]);
-  for (let attempt = 0; ; attempt++) {
-    const slot = await fetchNext(excludeLeaseId);
+// Lease the next item, one we do not already hold. The server resumes any open lease we do
+// not exclude, and a label still on its way leaves its lease open there: so wait for the
+// outbox (briefly) and never show a lease we hold or answered. null: nothing is left.
+async function leaseNext(waitMs) {
+  const settle = (ms) => Promise.race([outboxIdle(), new Promise((r) => setTimeout(r, ms))]);
+  if (waitMs) await settle(waitMs);
+  for (let attempt = 1; ; attempt++) {
+    let slot;
+    try {
+      slot = await fetchNext([current, ...ahead].filter(Boolean).map((s) => s.lease.id));
+    } catch (err) {
+      if (err.code !== "too_many_leases" || attempt > 3) throw err;
+      await settle(1500); // the lease cap counts answers that have not landed yet
+      continue;
+    }
     if (!slot || !heldLeaseIds().has(slot.lease.id)) return slot;
-    if (attempt === 3) throw new Error("the server keeps returning an item already labeled");
+    if (attempt > 3) throw Object.assign(new Error(), { code: "held", message: "the server resent a held item" });
     await new Promise((r) => setTimeout(r, 700));
   }
 }
 
 function ensurePrefetch() {
   if (prefetching || ahead.length || noMore || !current) return prefetching;
-  prefetching = leaseNext(current.lease.id, 1500)
+  prefetching = leaseNext(1500)
     .then((slot) => { if (slot) ahead.push(slot); else noMore = true; })
     .catch((err) => {
       // Offline: try again, the current item stays usable. A refusal (e.g. too many leases
@@ -119,7 +128,7 @@ async function advance() {
     if (prefetching) await prefetching;
     if (!ahead.length && !noMore) {
       try {
-        const slot = await leaseNext(null, 0); // the user is waiting: no grace period
+        const slot = await leaseNext(0); // the user is waiting: no grace period
         if (current) { if (slot) ahead.push(slot); return; } // an undo showed an item meanwhile
         if (slot) ahead.push(slot); else noMore = true;
       } catch (err) {
@@ -187,7 +196,7 @@ function submit(labelId) {
   entry.done = new Promise((resolve) => { entry.resolve = resolve; });
   history.push(entry);
   if (history.length > 50) history.shift();
-  enqueue({ id: body.client_id, path: "annotations/", body, name: slot.item.original_name });
+  enqueue({ id: body.client_id, path: "annotations/", body, leaseId: slot.lease.id, name: slot.item.original_name });
   sessionCount += 1;
   flash(buttons.get(labelId));
   advance();
@@ -199,7 +208,8 @@ function acceptSuggestion() {
 
 function skip() {
   if (!current || busy) return;
-  enqueue({ id: uuid4(), path: `leases/${current.lease.id}/skip/`, body: {}, name: current.item.original_name });
+  const { lease, item } = current;
+  enqueue({ id: uuid4(), path: `leases/${lease.id}/skip/`, body: {}, leaseId: lease.id, name: item.original_name });
   advance();
 }
 

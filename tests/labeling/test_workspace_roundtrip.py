@@ -17,12 +17,7 @@ from django.utils import timezone
 from labeling.models import Annotation
 from tests.factories import ItemFactory, project_with_members
 
-pytestmark = [
-    pytest.mark.django_db,
-    pytest.mark.postgres,
-    # Remove once labeling/api/queue.py serves next/annotations/undo/skip/release.
-    pytest.mark.xfail(strict=False, reason="queue API not yet landed"),
-]
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
 
 def _post(client: Client, url: str, body: dict) -> object:
