@@ -36,7 +36,7 @@ from labeling.services.queue import (
     leases_reclaim_expired,
     queue_counters_check,
 )
-from tests.factories import MembershipFactory, project_with_members
+from tests.factories import project_with_members
 
 pytestmark = pytest.mark.django_db
 
