@@ -359,6 +359,7 @@ def typiclust(
     for cluster in np.flatnonzero(sizes > 0):
         c = int(cluster)
         members = np.flatnonzero(labels == c)
+        members = members[rng.permutation(members.size)]  # equal typicality: the generator decides, not the index
         xc = x[members]  # (s, d)
         nn = min(n_neighbors, members.size - 1)
         if nn < 1:

@@ -107,7 +107,7 @@ def load_rgb(source: Source, size: int) -> NDArray[np.uint8]:
     img = to_rgb(img)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy refuses read-only memory
 
 
 class ImageSourceDataset(Dataset[tuple[torch.Tensor, int]]):
