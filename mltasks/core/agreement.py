@@ -234,7 +234,7 @@ def _pairs(u: _Units, n_annotators: int, k: int) -> _Pairs:
 def _pair_kappas(p: _Pairs, k: int, unit_weight: F64 | None = None) -> tuple[F64, F64]:
     """Kappa and shared count per observed pair; ``unit_weight`` (u,) = bootstrap multiplicities."""
     w = None if unit_weight is None else unit_weight[p.unit]
-    cells = np.bincount(p.pair * (k * k) + p.cell, weights=w, minlength=p.pair_ids.size * k * k)
+    cells = np.bincount(p.pair * (k * k) + p.cell, weights=w, minlength=p.pair_ids.size * k * k).astype(np.float64)
     return _kappa_from_cells(cells.reshape(p.pair_ids.size, k, k))
 
 
@@ -260,8 +260,10 @@ def cohen_kappa_matrix(table: AnswerTable, *, min_shared: int = 2) -> PairwiseKa
 def _mean_pair_kappa(kappa_p: F64, n_p: F64, min_shared: int) -> F64:
     """Mean kappa over pairs with >= min_shared shared items, for (B, n_pairs) arrays."""
     ok = (n_p >= min_shared) & np.isfinite(kappa_p)
+    n_ok = ok.sum(axis=-1)
     with np.errstate(invalid="ignore"):
-        return np.where(ok, kappa_p, 0.0).sum(axis=-1) / np.where(ok.sum(axis=-1) > 0, ok.sum(axis=-1), np.nan)
+        mean: F64 = np.where(ok, kappa_p, 0.0).sum(axis=-1) / np.where(n_ok > 0, n_ok, np.nan)
+    return mean
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,9 +342,7 @@ def _block_replicates(blk: _Block, mult: F64, min_shared: int) -> dict[str, F64]
     return out
 
 
-def _bootstrap(
-    blocks: list[_Block], *, n_boot: int, rng: np.random.Generator, min_shared: int
-) -> list[dict[str, F64]]:
+def _bootstrap(blocks: list[_Block], *, n_boot: int, rng: np.random.Generator, min_shared: int) -> list[dict[str, F64]]:
     """(n_boot,) replicates of every statistic of every block, all from the same resamples.
 
     All blocks share the pairable units (pairability depends on answer counts, not on labels),
@@ -445,12 +445,19 @@ def agreement_report(
     blocks = [_block(table, max(table.n_classes, 1))]
     blocks += [_block(table, 2, label=(u_all.label == c).astype(np.int64)) for c in range(table.n_classes)]
     replicates = _bootstrap(blocks, n_boot=n_boot, rng=rng, min_shared=min_shared)
-    summaries = [_summary(_block_point(blk, min_shared), rep, level) for blk, rep in zip(blocks, replicates, strict=True)]
+    summaries = [
+        _summary(_block_point(blk, min_shared), rep, level) for blk, rep in zip(blocks, replicates, strict=True)
+    ]
     per_class = [{"class": c, **summaries[c + 1]} for c in range(table.n_classes)]
     pairwise = cohen_kappa_matrix(table, min_shared=min_shared)
     a_idx, b_idx = np.nonzero(np.triu(pairwise.n_shared, k=1))
     pairs = [
-        {"a": int(a), "b": int(b), "kappa": _json_float(float(pairwise.kappa[a, b])), "n_shared": int(pairwise.n_shared[a, b])}
+        {
+            "a": int(a),
+            "b": int(b),
+            "kappa": _json_float(float(pairwise.kappa[a, b])),
+            "n_shared": int(pairwise.n_shared[a, b]),
+        }
         for a, b in zip(a_idx, b_idx, strict=True)
     ]
     return {

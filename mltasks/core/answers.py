@@ -16,6 +16,7 @@ Pure NumPy: no Django, no Celery (an import-linter contract enforces it).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,11 +182,9 @@ class AnswerTable:
             except KeyError as exc:
                 raise AnswerTableError(f"label {exc.args[0]!r} is not one of the project's classes") from None
         else:
-            unique = list(dict.fromkeys(label_list))
-            try:
+            unique: list[Any] = list(dict.fromkeys(label_list))
+            with contextlib.suppress(TypeError):  # mixed, unorderable ids: keep first appearance
                 unique = sorted(unique)
-            except TypeError:
-                pass  # mixed, unorderable ids: keep first appearance
             class_ids = tuple(unique)
             class_index = {c: i for i, c in enumerate(class_ids)}
             label_codes = np.fromiter((class_index[x] for x in label_list), dtype=np.int64, count=len(label_list))

@@ -294,7 +294,9 @@ class MajorityVote(_Aggregator):
         self.confusion_ = np.divide(counts, rows, out=np.full_like(counts, 1.0 / max(k, 1)), where=rows > 0)
         answered_weight = counts.sum(axis=(1, 2))
         correct = np.trace(counts, axis1=1, axis2=2)
-        self.accuracy_ = np.divide(correct, answered_weight, out=np.full(p.n_annotators, np.nan), where=answered_weight > 0)
+        self.accuracy_ = np.divide(
+            correct, answered_weight, out=np.full(p.n_annotators, np.nan), where=answered_weight > 0
+        )
         self.n_iter_ = 0
         self.log_likelihood_history_ = []
         return self
@@ -360,7 +362,8 @@ class _EMAggregator(_Aggregator):
         state: Any = None
         priors = np.full(k, 1.0 / k)
         n_iter = 0
-        for n_iter in range(1, self.max_iter + 1):
+        while n_iter < self.max_iter:
+            n_iter += 1
             # M-step: class priors (Dirichlet pseudo-count prior_smoothing per class) + annotator params.
             class_mass = t[informative].sum(axis=0)  # (k,)
             priors = (class_mass + self.prior_smoothing) / (class_mass.sum() + k * self.prior_smoothing)
@@ -446,12 +449,13 @@ class DawidSkene(_EMAggregator):
             t_by_class *= p.w
         counts = np.empty((p.n_annotators, k, k))  # counts[a, j, l]
         for j in range(k):
-            counts[:, j, :] = _bincount(
-                p.annotator_label, weights=t_by_class[j], minlength=p.n_annotators * k
-            ).reshape(p.n_annotators, k)
+            counts[:, j, :] = _bincount(p.annotator_label, weights=t_by_class[j], minlength=p.n_annotators * k).reshape(
+                p.n_annotators, k
+            )
         counts += self.smoothing * _diagonal_prior(k, self.prior_diagonal)[None, :, :]
         rows = counts.sum(axis=2, keepdims=True)
-        return np.divide(counts, rows, out=np.full_like(counts, 1.0 / k), where=rows > 0)
+        pi: F64 = np.divide(counts, rows, out=np.full_like(counts, 1.0 / k), where=rows > 0)
+        return pi
 
     def _e_step(self, p: _Prepared, state: Any) -> tuple[F64, float]:
         pi: F64 = state

@@ -202,7 +202,9 @@ def test_smoothing_keeps_a_few_label_annotator_from_dominating() -> None:
 
 @pytest.mark.parametrize("cls", EM)
 def test_log_likelihood_never_decreases(cls: type[DawidSkene], rng: np.random.Generator) -> None:
-    conf = np.stack([np.full((3, 3), 0.1) + np.eye(3) * 0.7, np.full((3, 3), 1 / 3), np.eye(3)[[1, 2, 0]] * 0.8 + 0.2 / 3])
+    conf = np.stack(
+        [np.full((3, 3), 0.1) + np.eye(3) * 0.7, np.full((3, 3), 1 / 3), np.eye(3)[[1, 2, 0]] * 0.8 + 0.2 / 3]
+    )
     table, _ = _simulate(rng, 300, np.concatenate([conf, conf]), 3, np.array([0.5, 0.3, 0.2]))
     model = cls(tol=0.0, max_iter=40).fit(table)
     history = np.array(model.log_likelihood_history_)
@@ -215,18 +217,18 @@ def _reference_dawid_skene(table: AnswerTable, smoothing: float, diagonal: float
     prior_m = np.full((k, k), (1 - diagonal) / (k - 1))
     np.fill_diagonal(prior_m, diagonal)
     t = np.zeros((table.n_items, k))
-    for i, l in zip(table.item, table.label, strict=True):
-        t[i, l] += 1
+    for i, lab in zip(table.item, table.label, strict=True):
+        t[i, lab] += 1
     t /= t.sum(axis=1, keepdims=True)
     for _ in range(n_iter):
         priors = (t.sum(axis=0) + 1.0) / (t.sum() + k)
         pi = np.tile(smoothing * prior_m, (n_a, 1, 1))
-        for i, a, l in zip(table.item, table.annotator, table.label, strict=True):
-            pi[a, :, l] += t[i]
+        for i, a, lab in zip(table.item, table.annotator, table.label, strict=True):
+            pi[a, :, lab] += t[i]
         pi /= pi.sum(axis=2, keepdims=True)
         log_t = np.tile(np.log(priors), (table.n_items, 1))
-        for i, a, l in zip(table.item, table.annotator, table.label, strict=True):
-            log_t[i] += np.log(pi[a, :, l])
+        for i, a, lab in zip(table.item, table.annotator, table.label, strict=True):
+            log_t[i] += np.log(pi[a, :, lab])
         t = np.exp(log_t - log_t.max(axis=1, keepdims=True))
         t /= t.sum(axis=1, keepdims=True)
     return t
