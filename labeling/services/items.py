@@ -106,6 +106,7 @@ def items_import(
     seen: set[str] = set()
     batch: list[tuple[ImportCandidate, LoadedFile]] = []
     batch_bytes = 0
+    reported = -1
     for candidate in candidates:
         loaded = candidate_load(candidate)
         if isinstance(loaded, Rejection):
@@ -121,9 +122,10 @@ def items_import(
             batch, batch_bytes = [], 0
             if on_progress:
                 on_progress(report.processed, total)
+                reported = report.processed
     if batch:
         _import_batch(project, batch, report)
-    if on_progress:
+    if on_progress and report.processed != reported:
         on_progress(report.processed, total)
     return report
 
