@@ -28,7 +28,7 @@ let prefetching = null; // the promise of the prefetch in flight
 let noMore = false; // the server said 204: nothing left after what we hold
 let sessionCount = 0;
 let busy = false; // an undo or a blocking fetch is running
-const history = []; // submitted annotations that may still be undone, newest last
+const undoStack = []; // submitted annotations that may still be undone, newest last
 
 // ---- HTTP -------------------------------------------------------------------------------
 function csrfToken() {
@@ -82,7 +82,7 @@ async function fetchNext(excludeIds) {
 
 // Leases this page holds or has answered without the server knowing yet.
 function heldLeaseIds() {
-  const slots = [current, ...ahead, ...history.map((h) => h.slot)].filter(Boolean);
+  const slots = [current, ...ahead, ...undoStack.map((h) => h.slot)].filter(Boolean);
   return new Set([...slots.map((s) => s.lease.id), ...outbox.map((op) => op.leaseId)]);
 }
 
@@ -194,8 +194,8 @@ function submit(labelId) {
   };
   const entry = { slot, clientId: body.client_id, at: Date.now(), annotationId: null };
   entry.done = new Promise((resolve) => { entry.resolve = resolve; });
-  history.push(entry);
-  if (history.length > 50) history.shift();
+  undoStack.push(entry);
+  if (undoStack.length > 50) undoStack.shift();
   enqueue({ id: body.client_id, path: "annotations/", body, leaseId: slot.lease.id, name: slot.item.original_name });
   sessionCount += 1;
   flash(buttons.get(labelId));
@@ -214,7 +214,7 @@ function skip() {
 }
 
 async function undo() {
-  const entry = history[history.length - 1];
+  const entry = undoStack[undoStack.length - 1];
   if (busy) return;
   if (!entry) return note("Nothing to undo.");
   if (Date.now() - entry.at > UNDO_MS) return note("Too late to undo: the 2-minute window has passed.");
@@ -227,7 +227,9 @@ async function undo() {
       saveOutbox();
       slot = entry.slot;
     } else {
-      const annotationId = await entry.done;
+      // Sent or being sent: wait for the server's id, but never block labeling for long.
+      const annotationId = await Promise.race([entry.done, new Promise((r) => setTimeout(r, 5000))]);
+      if (annotationId === undefined) return note("That label is still being sent: try undo again in a moment.");
       if (annotationId) {
         const res = await api(`annotations/${annotationId}/undo/`, { method: "POST", body: {} });
         if (!res.ok) {
@@ -236,9 +238,11 @@ async function undo() {
           return note(`Undo failed: ${err.message}`, true);
         }
         slot = toSlot(await res.json());
+        // The retracted label stops counting: its time moves to the new answer.
+        Object.assign(slot, { activeMs: entry.slot.activeMs, startedAt: entry.slot.startedAt });
       }
     }
-    if (history.includes(entry)) history.splice(history.indexOf(entry), 1);
+    if (undoStack.includes(entry)) undoStack.splice(undoStack.indexOf(entry), 1);
     if (!slot) return note("That label was not saved, so there is nothing to undo.");
     sessionCount -= 1;
     if (current) ahead.unshift(current);
@@ -290,13 +294,13 @@ async function sendAll() {
       res = await api(op.path, { method: "POST", body: op.body });
     } catch {
       res = null; // network down
-    } finally {
-      inflight = null;
     }
+    const retry = !res || res.status >= 500 || [401, 403, 408, 429].includes(res.status);
+    if (retry) inflight = null; // else: only once it is off the outbox (undo checks it)
     if (res && (res.status === 401 || res.status === 403)) {
       return note("Your session has ended. Sign in again: your unsent labels are kept and sent then.", true, true);
     }
-    if (!res || res.status >= 500 || res.status === 408 || res.status === 429) {
+    if (retry) {
       failures += 1;
       const delay = Math.min(30000, 1000 * 2 ** Math.min(failures, 5));
       note(`Offline: ${outbox.length} waiting, retrying in ${Math.round(delay / 1000)} s.`, true);
@@ -306,12 +310,13 @@ async function sendAll() {
     failures = 0;
     const data = res.ok ? await res.json().catch(() => ({})) : await errorOf(res);
     if (outbox[0] === op) outbox.shift();
+    inflight = null;
     saveOutbox();
-    const entry = history.find((h) => h.clientId === op.id);
+    const entry = undoStack.find((h) => h.clientId === op.id);
     if (res.ok) {
       if (entry) { entry.annotationId = data.id; entry.resolve(data.id); }
     } else if (!(op.path.endsWith("/skip/") && res.status === 409)) { // a repeated skip is fine
-      if (entry) { entry.resolve(null); history.splice(history.indexOf(entry), 1); sessionCount -= 1; }
+      if (entry) { entry.resolve(null); undoStack.splice(undoStack.indexOf(entry), 1); sessionCount -= 1; }
       note(`Not saved: ${op.name}: ${data.message}`, true, true);
     }
   }
@@ -347,7 +352,7 @@ document.addEventListener("visibilitychange", () => {
 function renderStatus() {
   $("ws-count").textContent = String(sessionCount);
   $("ws-outbox").textContent = outbox.length ? `${outbox.length}${failures ? " (offline)" : ""}` : "0";
-  const undoable = history.length && Date.now() - history[history.length - 1].at <= UNDO_MS;
+  const undoable = undoStack.length && Date.now() - undoStack[undoStack.length - 1].at <= UNDO_MS;
   $("ws-undo").disabled = !undoable;
   $("ws-skip").disabled = !current;
   for (const b of buttons.values()) b.disabled = !current;
@@ -367,6 +372,7 @@ function note(text, isError = false, sticky = false) {
   clearTimeout(noteTimer);
   if (!sticky) noteTimer = setTimeout(() => { errorBox.hidden = true; }, 6000);
 }
+errorBox.addEventListener("click", () => { errorBox.hidden = true; delete errorBox.dataset.sticky; });
 function flash(button) {
   if (!button) return;
   button.classList.add("flash");
