@@ -145,6 +145,9 @@ class AnnotationSubmitApi(APIView):
         started_at = serializers.DateTimeField(required=False, allow_null=True, help_text="When the item was shown.")
         suggestion_accepted = serializers.BooleanField(required=False, default=False)
 
+        class Meta:
+            ref_name = "AnnotationSubmitInput"
+
     @extend_schema(
         operation_id="annotation_submit",
         summary="Submit an answer for a lease (idempotent on client_id)",
