@@ -48,7 +48,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -56,6 +55,10 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+if ANNOTATE_ENV == "prod":
+    # Static files from the collected folder; dev's runserver serves them from static/.
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "annotate.urls"
 WSGI_APPLICATION = "annotate.wsgi.application"
@@ -135,6 +138,11 @@ IMPORT_MAX_PIXELS = env.int("IMPORT_MAX_PIXELS", default=100_000_000)
 IMPORT_MAX_ZIP_BYTES = env.int("IMPORT_MAX_ZIP_BYTES", default=2 * 1024 * 1024 * 1024)
 IMPORT_ROOTS = env.list("IMPORT_ROOTS", default=[])
 THUMBNAIL_SIZE = env.int("THUMBNAIL_SIZE", default=256)
+
+# --- the annotator workspace and the queue --------------------------------------------
+UNDO_WINDOW_SECONDS = env.int("UNDO_WINDOW_SECONDS", default=120)
+WORKSPACE_IDLE_SECONDS = env.int("WORKSPACE_IDLE_SECONDS", default=30)  # idle gap after which the clock pauses
+CONSENSUS_REFRESH_EVERY = env.int("CONSENSUS_REFRESH_EVERY", default=200)  # full Dawid-Skene every N annotations
 
 # --- REST framework -------------------------------------------------------------------
 REST_FRAMEWORK = {
