@@ -225,7 +225,9 @@ class QualitySummary:
     consensus_items: int
     human_level_error: float | None
     human_level_reason: str
+    human_level_min_gold: int  # gold answers an annotator needs to count for human-level error
     panel_error: float | None
+    panel_n: int  # gold items with a (non-gold) consensus label
     panel_reason: str
     model_error: float | None
     model_reason: str
@@ -836,7 +838,9 @@ def project_quality(*, project: Project, model_accuracy: float | None) -> Qualit
         consensus_items=consensus_items,
         human_level_error=human,
         human_level_reason=human_reason,
+        human_level_min_gold=MIN_GOLD_FOR_HUMAN_LEVEL,
         panel_error=panel_error,
+        panel_n=panel["n"],
         panel_reason=panel_reason,
         model_error=1.0 - model_accuracy if model_accuracy is not None else None,
         model_reason="" if model_accuracy is not None else "not yet available: no active model with an accuracy",

@@ -109,10 +109,17 @@
         datasets: [
           { label: "per active hour (all time)", data: rows.map((r) => r.per_active_hour), backgroundColor: "#4e79a7" },
           { label: "per active hour (24 h)", data: rows.map((r) => r.per_active_hour_recent), backgroundColor: "#76b7b2" },
-          { label: "per wall-clock hour (24 h)", data: rows.map((r) => r.per_wall_hour_recent), backgroundColor: "#f28e2b" },
+          { label: "per wall-clock hour (24 h, right axis)", data: rows.map((r) => r.per_wall_hour_recent),
+            backgroundColor: "#f28e2b", yAxisID: "wall" },
         ],
       },
-      options: { scales: { y: { title: { display: true, text: "labels / hour" } } } },
+      options: {
+        scales: {
+          y: { beginAtZero: true, title: { display: true, text: "labels / active hour" } },
+          wall: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false },
+            title: { display: true, text: "labels / wall-clock hour" } },
+        },
+      },
     });
   }
 
@@ -162,7 +169,7 @@
         parsing: false,
         scales: {
           x: { type: "linear", min: 0, title: { display: true, text: xTitle } },
-          y: { title: { display: true, text: "evaluation accuracy" }, suggestedMax: Math.min(1, lc.target_accuracy + 0.02) },
+          y: { title: { display: true, text: "evaluation accuracy" }, suggestedMax: Math.min(1, lc.target_accuracy + 0.01) },
         },
         plugins: { legend: { labels: { filter: (item) => !item.text.startsWith("band") } } },
       },
@@ -174,6 +181,9 @@
     } else if (!proj.reachable) {
       out.append(el("strong", {}, `${pct(lc.target_accuracy)}: not reachable with this model at the current trend`),
         ` (fitted ceiling ${pct(proj.asymptote_accuracy)}).`);
+    } else if (proj.still_needed_x === 0) {
+      out.append(el("strong", {}, `${pct(lc.target_accuracy)} reached`),
+        `: the fitted curve passes it at ~${fmtX(proj.needed_x)}; fitted ceiling ${pct(proj.asymptote_accuracy)}.`);
     } else {
       const band = proj.band_low === null && proj.band_high === null ? " (no band: needs 4+ model versions)" :
         ` (80 % band ${fmtX(proj.band_low)} – ${proj.band_high === null ? "unbounded" : fmtX(proj.band_high)})`;
@@ -191,7 +201,7 @@
     if (!cm.available) { box.append(el("p", { class: "unavailable" }, cm.reason)); return; }
     box.append(el("p", { class: "axis-note" }, "rows: true class · columns: predicted class · colour: share of the row"));
     const table = el("table", { class: "confusion" });
-    table.append(el("tr", {}, el("th", {}, ""), ...cm.class_names.map((n) => el("th", { title: n }, n.slice(0, 8)))));
+    table.append(el("tr", {}, el("th", {}, ""), ...cm.class_names.map((n) => el("th", { title: n }, n.length > 12 ? n.slice(0, 11) + "…" : n))));
     cm.matrix.forEach((row, i) => {
       const total = row.reduce((a, b) => a + b, 0) || 1;
       table.append(el("tr", {}, el("th", { class: "row" }, cm.class_names[i]), ...row.map((v, j) => {
@@ -204,17 +214,19 @@
     box.append(table);
   }
 
-  function errBox(label, value, reason) {
+  function errBox(label, value, reason, note) {
     return el("div", { class: "err-box" }, el("div", { class: "kpi-label" }, label),
-      value === null ? el("div", { class: "unavailable" }, reason || "not yet available") : el("div", { class: "kpi-value" }, pct(value)));
+      value === null ? el("div", { class: "unavailable" }, reason || "not yet available") : el("div", { class: "kpi-value" }, pct(value)),
+      value === null ? "" : el("div", { class: "kpi-note" }, note));
   }
 
   function renderQuality(d) {
     const q = d.quality;
     document.getElementById("errors-row").replaceChildren(
-      errBox("Human-level error", q.human_level_error, q.human_level_reason),
-      errBox("Panel (consensus) error", q.panel_error, q.panel_reason),
-      errBox("Model error", q.model_error, q.model_reason));
+      errBox("Human-level error", q.human_level_error, q.human_level_reason,
+        `best annotator vs gold (≥ ${q.human_level_min_gold} gold answers)`),
+      errBox("Panel (consensus) error", q.panel_error, q.panel_reason, `consensus vs gold on ${q.panel_n} items`),
+      errBox("Model error", q.model_error, q.model_reason, "1 − evaluation-set accuracy"));
     const tbody = document.querySelector("#table-quality tbody");
     tbody.replaceChildren();
     if (!q.annotators.length) tbody.append(el("tr", {}, el("td", { colspan: 5, class: "unavailable" }, "not yet available: no annotations")));
