@@ -484,7 +484,8 @@ def thumbnail_webp(im: Image.Image) -> bytes:
     if im.mode in _HIGH_DEPTH_MODES:
         im = im.convert("F" if im.mode == "F" else "I")
         im.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        lo, hi = im.getextrema()
+        extrema = im.getextrema()  # (min, max) for a single band
+        lo, hi = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         im = im.point(lambda v: v * scale - lo * scale).convert("L")
     else:

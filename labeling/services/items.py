@@ -32,6 +32,7 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import OperationalError, transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from labeling.errors import ApplicationError, ImportRejectedError, ImportTooLargeError, NotFoundError, TransientJobError
 from labeling.models import ImportJob, Item, Project
@@ -376,14 +377,12 @@ def _import_job_create(
 def _enqueue(task: Any, job_id: int) -> None:
     try:
         task.delay(job_id)
-    except Exception:
-        # The job row is committed and stays pending; a re-enqueue (import_job_enqueue) picks it up.
+    except (KombuOperationalError, OSError):
+        # The job row is committed and stays pending; import_job_enqueue() can send it again.
         logger.exception("import: could not enqueue import job %s", job_id)
         ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.PENDING).update(
             error="Could not reach the task broker; the job is waiting to be enqueued again."
         )
-        if task.app.conf.task_always_eager:
-            raise
 
 
 def import_job_enqueue(*, job: ImportJob) -> None:
