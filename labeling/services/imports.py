@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 FORMAT_SUFFIXES: dict[str, str] = {
     "PNG": ".png",
     "JPEG": ".jpg",
+    "MPO": ".jpg",  # camera JPEGs with extra pictures: Pillow names them MPO; the first frame is a JPEG
     "TIFF": ".tif",
     "WEBP": ".webp",
     "BMP": ".bmp",

@@ -275,3 +275,42 @@ def test_references_need_import_roots(settings) -> None:  # type: ignore[no-unty
     with pytest.raises(ImportRejectedError) as exc:
         items_import_references(project=ProjectFactory(), references=[{"path": "/tmp/x.png"}])
     assert exc.value.code == "import_roots_not_configured"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_imports_of_the_same_file_insert_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two threads (two connections) both pass the duplicate pre-check, then race to insert."""
+    import threading
+
+    from django.db import connection
+
+    project = ProjectFactory()
+    content = png_bytes(color=(42, 42, 42))
+    barrier = threading.Barrier(2, timeout=30)
+    real_existing = items_service._existing_sha256
+
+    def existing_then_wait(project, hashes):  # type: ignore[no-untyped-def]
+        found = real_existing(project, hashes)
+        barrier.wait()  # both have seen "not there yet"
+        return found
+
+    monkeypatch.setattr(items_service, "_existing_sha256", existing_then_wait)
+    reports = []
+
+    def run(name: str) -> None:
+        try:
+            reports.append(items_import_files(project=project, files=[upload(name, content)]))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(f"{i}.png",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(r.imported for r in reports) == [0, 1]
+    assert sorted(len(r.duplicates) for r in reports) == [0, 1]
+    item = Item.objects.get(project=project)
+    subdir = f"projects/{project.pk}/items/{item.sha256[:2]}"
+    assert default_storage.listdir(subdir)[1] == [item.file.name.rsplit("/", 1)[1]]
