@@ -440,7 +440,7 @@ def image_inspect(data: bytes) -> ImageInfo | Rejection:
         except Exception as exc:  # noqa: BLE001 - decoders of hostile input raise anything
             return Rejection(RejectCode.CORRUPT, f"Corrupt image: {_short(exc)}")
         try:
-            with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            with Image.open(io.BytesIO(data), formats=allowed) as im:
                 im.load()
                 mode = im.mode
                 thumb = thumbnail_webp(im)

@@ -68,6 +68,15 @@ def test_imports_png_jpeg_and_16bit_with_thumbnails(settings) -> None:  # type: 
     assert lo < 20 and hi > 235
 
 
+def test_multi_picture_camera_jpeg_is_stored_as_jpeg() -> None:
+    first, second = Image.new("RGB", (20, 10), (1, 2, 3)), Image.new("RGB", (20, 10), (4, 5, 6))
+    buf = io.BytesIO()
+    first.save(buf, format="MPO", save_all=True, append_images=[second])
+    project = ProjectFactory()
+    assert items_import_files(project=project, files=[upload("cam.jpg", buf.getvalue())]).imported == 1
+    assert Item.objects.get(project=project).file.name.endswith(".jpg")
+
+
 def test_thumbnail_is_scaled_down(settings) -> None:  # type: ignore[no-untyped-def]
     settings.THUMBNAIL_SIZE = 16
     project = ProjectFactory()
