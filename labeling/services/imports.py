@@ -422,7 +422,8 @@ def image_inspect(data: bytes) -> ImageInfo | Rejection:
     warnings are turned into errors: the effective pixel limit is the smaller of
     settings.IMPORT_MAX_PIXELS and Image.MAX_IMAGE_PIXELS.
     """
-    allowed = list(FORMAT_SUFFIXES)
+    # Decoders Pillow may try. MPO has no opener of its own: the JPEG one returns it.
+    allowed = [fmt for fmt in FORMAT_SUFFIXES if fmt != "MPO"]
     max_pixels = _max_pixels()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -463,7 +464,7 @@ def _identify_other(data: bytes) -> Rejection:
     except Exception:  # noqa: BLE001
         return Rejection(RejectCode.NOT_IMAGE, "Not an image (Pillow could not identify it).")
     return Rejection(
-        RejectCode.UNSUPPORTED_FORMAT, f"Unsupported image format {fmt}; allowed: {', '.join(FORMAT_SUFFIXES)}."
+        RejectCode.UNSUPPORTED_FORMAT, f"Unsupported image format {fmt}; allowed: PNG, JPEG, TIFF, WEBP, BMP."
     )
 
 
