@@ -312,15 +312,53 @@ def _usernames(user_ids: set[int]) -> dict[int, str]:
     return {u.pk: u.get_username() for u in User.objects.filter(pk__in=user_ids)}
 
 
-def project_cost_summary(*, project_id: int) -> CostSummary:
-    """Spend per person and per day, cost per annotation and per consensus label. Four grouped queries."""
-    cost = annotation_cost_expression()
-    per_annotator = list(
+def annotator_stats(*, project_id: int, now: datetime) -> list[dict[str, Any]]:
+    """One row per annotator with every per-annotator figure of the dashboard, in ONE statement.
+
+    Cost, throughput and quality all group live annotations by annotator; computing them in
+    one pass (FILTERed aggregates) reads the project's annotations once instead of three
+    times, which is what matters on a large project (docs/dashboard.md, "Query cost").
+    Keys: annotator_id, n, ms, cost, first, n_recent, ms_recent, gold_n, gold_ok, cons_n, cons_ok.
+    """
+    recent = Q(submitted_at__gt=now - RECENT_WINDOW, submitted_at__lte=now)
+    has_gold = Q(item__gold_label_id__isnull=False)
+    has_consensus = Q(item__consensus__isnull=False)
+    return list(
         _live_annotations(project_id)
         .values("annotator_id")
-        .annotate(n=Count("id"), ms=Coalesce(Sum("duration_ms"), 0), cost=Sum(cost, output_field=MONEY))
+        .annotate(
+            n=Count("id"),
+            ms=Coalesce(Sum("duration_ms"), 0),
+            cost=Sum(annotation_cost_expression(), output_field=MONEY),
+            first=Min("submitted_at"),
+            n_recent=Count("id", filter=recent),
+            ms_recent=Coalesce(Sum("duration_ms", filter=recent), 0),
+            gold_n=Count("id", filter=has_gold),
+            gold_ok=Count("id", filter=has_gold & Q(label_id=F("item__gold_label_id"))),
+            cons_n=Count("id", filter=has_consensus),
+            cons_ok=Count("id", filter=has_consensus & Q(label_id=F("item__consensus__label_id"))),
+        )
         .order_by()
     )
+
+
+def consensus_count(*, project_id: int) -> int:
+    return ConsensusLabel.objects.filter(item__project_id=project_id).count()
+
+
+def project_cost_summary(
+    *,
+    project_id: int,
+    stats: list[dict[str, Any]] | None = None,
+    consensus_labels: int | None = None,
+) -> CostSummary:
+    """Spend per person and per day, cost per annotation and per consensus label.
+
+    ``stats`` (``annotator_stats``) and ``consensus_labels`` may be passed in when the caller
+    has them already; otherwise this reads them (five grouped statements in all).
+    """
+    cost = annotation_cost_expression()
+    per_annotator = stats if stats is not None else annotator_stats(project_id=project_id, now=timezone.now())
     per_reviewer = list(
         _reviews(project_id)
         .values("reviewer_id")
@@ -341,7 +379,8 @@ def project_cost_summary(*, project_id: int) -> CostSummary:
         .annotate(n=Count("id"), cost=Sum(review_cost_expression(), output_field=MONEY))
         .order_by("day")
     )
-    consensus_labels = ConsensusLabel.objects.filter(item__project_id=project_id).count()
+    if consensus_labels is None:
+        consensus_labels = consensus_count(project_id=project_id)
 
     names = _usernames({r["annotator_id"] for r in per_annotator} | {r["reviewer_id"] for r in per_reviewer})
     ann_by_user = {r["annotator_id"]: r for r in per_annotator}
@@ -404,8 +443,8 @@ def _day_range(days: set[date]) -> list[date]:
 # --- progress and throughput --------------------------------------------------------------
 
 
-def project_progress(*, project_id: int) -> Progress:
-    """Items by status and split, consensus done vs target, annotations still wanted. Two queries."""
+def project_progress(*, project_id: int, consensus_labels: int | None = None) -> Progress:
+    """Items by status and split, consensus done vs target, annotations still wanted. One or two statements."""
     remaining = Greatest(F("wanted") - F("annotation_count"), Value(0), output_field=IntegerField())
     rows = list(
         Item.objects.filter(project_id=project_id)
@@ -427,7 +466,7 @@ def project_progress(*, project_id: int) -> Progress:
         by_status=by_status,
         by_split=by_split,
         items_done=sum(by_status.get(s, 0) for s in DONE_STATUSES),
-        consensus_done=ConsensusLabel.objects.filter(item__project_id=project_id).count(),
+        consensus_done=consensus_labels if consensus_labels is not None else consensus_count(project_id=project_id),
         consensus_target=total,
         remaining_annotations=sum(r["remaining"] for r in rows),
     )
@@ -438,7 +477,12 @@ def _rate(n: int, hours: float) -> float | None:
 
 
 def project_throughput(
-    *, project_id: int, remaining_annotations: int, cost_per_annotation: Decimal | None, now: datetime | None = None
+    *,
+    project_id: int,
+    remaining_annotations: int,
+    cost_per_annotation: Decimal | None,
+    now: datetime | None = None,
+    stats: list[dict[str, Any]] | None = None,
 ) -> Throughput:
     """Labels per active hour and per wall-clock hour, all time and over the last 24 h, and the ETA.
 
@@ -450,20 +494,7 @@ def project_throughput(
     * ETA = remaining annotations / the recent (24 h) wall-clock rate of the whole team.
     """
     now = now or timezone.now()
-    since = now - RECENT_WINDOW
-    recent = Q(submitted_at__gte=since, submitted_at__lte=now)
-    rows = list(
-        Annotation.objects.filter(item__project_id=project_id, retracted_at__isnull=True)
-        .values("annotator_id")
-        .annotate(
-            n=Count("id"),
-            n_recent=Count("id", filter=recent),
-            ms=Coalesce(Sum("duration_ms"), 0),
-            ms_recent=Coalesce(Sum("duration_ms", filter=recent), 0),
-            first=Min("submitted_at"),
-        )
-        .order_by()
-    )
+    rows = stats if stats is not None else annotator_stats(project_id=project_id, now=now)
     names = _usernames({r["annotator_id"] for r in rows})
     first = min((r["first"] for r in rows), default=None)
     window_all = max((now - first).total_seconds() / 3600, 0.0) if first else 0.0
@@ -769,7 +800,13 @@ def project_confusion(*, project: Project) -> ConfusionMatrix:
 # --- annotation quality -------------------------------------------------------------------
 
 
-def project_quality(*, project: Project, model_accuracy: float | None) -> QualitySummary:
+def project_quality(
+    *,
+    project: Project,
+    model_accuracy: float | None,
+    stats: list[dict[str, Any]] | None = None,
+    consensus_labels: int | None = None,
+) -> QualitySummary:
     """Per-annotator accuracy vs gold and vs consensus; human-level, panel and model error.
 
     * human-level error: 1 - the best accuracy vs gold among annotators with at least
@@ -781,19 +818,7 @@ def project_quality(*, project: Project, model_accuracy: float | None) -> Qualit
     everyone a little, most with low overlap.
     """
     pid = project.pk
-    has_gold = Q(item__gold_label__isnull=False)
-    has_consensus = Q(item__consensus__isnull=False)
-    rows = list(
-        Annotation.objects.filter(item__project_id=pid, retracted_at__isnull=True)
-        .values("annotator_id")
-        .annotate(
-            gold_n=Count("id", filter=has_gold),
-            gold_ok=Count("id", filter=has_gold & Q(label_id=F("item__gold_label_id"))),
-            cons_n=Count("id", filter=has_consensus),
-            cons_ok=Count("id", filter=has_consensus & Q(label_id=F("item__consensus__label_id"))),
-        )
-        .order_by()
-    )
+    rows = stats if stats is not None else annotator_stats(project_id=pid, now=timezone.now())
     names = _usernames({r["annotator_id"] for r in rows})
     annotators = sorted(
         (
@@ -810,7 +835,7 @@ def project_quality(*, project: Project, model_accuracy: float | None) -> Qualit
         key=lambda a: a.username,
     )
     gold_items = Item.objects.filter(project_id=pid, gold_label__isnull=False).count()
-    consensus_items = ConsensusLabel.objects.filter(item__project_id=pid).count()
+    consensus_items = consensus_labels if consensus_labels is not None else consensus_count(project_id=pid)
 
     eligible = [a.vs_gold_accuracy for a in annotators if a.vs_gold_n >= MIN_GOLD_FOR_HUMAN_LEVEL]
     if eligible:
@@ -885,24 +910,30 @@ def project_live_jobs(*, project_id: int) -> list[JobRow]:
 
 def project_dashboard(*, project: Project, target_accuracy: float, now: datetime | None = None) -> Dashboard:
     """Every dashboard figure of one project (the caller has checked the manager role)."""
-    cost = project_cost_summary(project_id=project.pk)
-    progress = project_progress(project_id=project.pk)
+    now = now or timezone.now()
+    stats = annotator_stats(project_id=project.pk, now=now)
+    n_consensus = consensus_count(project_id=project.pk)
+    cost = project_cost_summary(project_id=project.pk, stats=stats, consensus_labels=n_consensus)
+    progress = project_progress(project_id=project.pk, consensus_labels=n_consensus)
     throughput = project_throughput(
         project_id=project.pk,
         remaining_annotations=progress.remaining_annotations,
         cost_per_annotation=cost.cost_per_annotation,
         now=now,
+        stats=stats,
     )
     confusion = project_confusion(project=project)
     return Dashboard(
         project_id=project.pk,
         project_name=project.name,
-        generated_at=now or timezone.now(),
+        generated_at=now,
         cost=cost,
         progress=progress,
         throughput=throughput,
         learning_curve=project_learning_curve(project=project, target_accuracy=target_accuracy),
         confusion=confusion,
-        quality=project_quality(project=project, model_accuracy=confusion.accuracy),
+        quality=project_quality(
+            project=project, model_accuracy=confusion.accuracy, stats=stats, consensus_labels=n_consensus
+        ),
         jobs=project_live_jobs(project_id=project.pk),
     )
