@@ -73,7 +73,8 @@ def generate(n_items: int) -> int:
         t = time.perf_counter()
         cur.execute(
             """
-            INSERT INTO labeling_item (project_id, file, thumbnail, original_name, sha256, width, height, mode, metadata,
+            INSERT INTO labeling_item (project_id, file, thumbnail, original_name, sha256, width, height, mode,
+                metadata,
                 split, status, priority, wanted, annotation_count, lease_count, gold_label_id, created_at)
             SELECT %(pid)s, 'x/' || g || '.png', '', g || '.png', md5(%(pid)s || '-' || g) || md5(g::text), 64, 64, 'L',
                 '{}'::jsonb,
