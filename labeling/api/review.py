@@ -25,6 +25,9 @@ class ReviewNextApi(APIView):
     """The next disputed item, with every live annotation and the model's suggestion."""
 
     class AnnotationSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ReviewNextAnnotation"
+
         id = serializers.IntegerField()
         annotator_name = serializers.CharField()
         label_id = serializers.IntegerField()
@@ -32,6 +35,9 @@ class ReviewNextApi(APIView):
         submitted_at = serializers.DateTimeField()
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ReviewNextOutput"
+
         item_id = serializers.IntegerField()
         image_url = serializers.CharField()
         original_name = serializers.CharField()
@@ -69,11 +75,17 @@ class ReviewNextApi(APIView):
 
 class ReviewCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ReviewCreateInput"
+
         item = serializers.IntegerField()
         label = serializers.IntegerField()
         note = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ReviewCreateOutput"
+
         id = serializers.IntegerField()
         item_id = serializers.IntegerField()
         label_id = serializers.IntegerField()
@@ -95,9 +107,15 @@ class ItemGoldSetApi(APIView):
     """Mark an item as gold (a known answer, interleaved into queues) or unmark it."""
 
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ItemGoldSetInput"
+
         label = serializers.IntegerField(allow_null=True, help_text="The known answer; null removes it.")
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ItemGoldSetOutput"
+
         id = serializers.IntegerField()
         gold_label_id = serializers.IntegerField(allow_null=True)
 
@@ -112,6 +130,9 @@ class ItemGoldSetApi(APIView):
 
 class ConsensusRefreshApi(APIView):
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ConsensusRefreshOutput"
+
         id = serializers.IntegerField()
         kind = serializers.CharField()
         status = serializers.CharField()
@@ -125,6 +146,9 @@ class ConsensusRefreshApi(APIView):
 
 class QualityApi(APIView):
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "QualityOutput"
+
         method = serializers.CharField(allow_null=True)
         human_level_error = serializers.FloatField(allow_null=True)
         panel_error = serializers.FloatField(allow_null=True)
