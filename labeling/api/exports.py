@@ -105,6 +105,7 @@ class ProjectExportApi(APIView):
         name = slugify(project.name)[:60] or "project"
         response["Content-Disposition"] = f'attachment; filename="annotate-{project.pk}-{name}.{fmt}"'
         response["Cache-Control"] = "no-store"
+        response["X-Accel-Buffering"] = "no"  # nginx: pass chunks on instead of buffering the export
         return response
 
 
