@@ -290,9 +290,8 @@ def lease_next(
     """
     rng = rng or random.Random()  # noqa: S311 - interleaving, not security
     exclude = {int(x) for x in exclude_lease_ids}
-    # Cheap when nothing expired: an empty range scan on lease_active_expiry.
-    leases_reclaim_expired(project=project, batch_size=_INLINE_RECLAIM_BATCH, max_batches=1)
     pick = _pick_postgres if _use_skip_locked() else _pick_portable
+    reclaim = _reclaim_postgres if _use_skip_locked() else _reclaim_portable
     for attempt in range(_PICK_ATTEMPTS):
         try:
             with transaction.atomic():
@@ -311,6 +310,11 @@ def lease_next(
                         "You already hold the most items allowed at once; submit, skip or release one first.",
                         extra={"active_lease_ids": [lease.pk for lease in held]},
                     )
+                # Give this project's abandoned slots back before choosing, in the same
+                # transaction (no extra BEGIN/COMMIT round trips). Cheap when nothing
+                # expired: an empty range scan on lease_active_expiry. One bounded batch;
+                # the periodic task does the rest.
+                reclaim(project_id=project.pk, now=now, batch_size=_INLINE_RECLAIM_BATCH)
                 expires_at = now + timedelta(minutes=project.lease_minutes)
                 for pool in _pools(project, rng):
                     leased = pick(project=project, user_id=user.pk, pool=pool, now=now, expires_at=expires_at)

@@ -1,0 +1,565 @@
+"""Queue benchmark: next-item and submit latency under concurrent annotators, over real HTTP.
+
+What it does:
+
+1. creates (or reuses) a dedicated PostgreSQL database (default ``annotate_bench``) and
+   migrates it;
+2. builds a project of ``--items`` items with COPY (every item points at one shared tiny
+   PNG: the queue never opens the file), random priorities, ``--eval-fraction`` of them in
+   the evaluation split;
+3. starts the app under gunicorn on a free 127.0.0.1 port (ANNOTATE_ENV=dev, DEBUG off);
+4. for each K in ``--annotators`` and each of ``--runs`` runs: resets the queue, lets K
+   simulated annotators (threads, one keep-alive HTTP connection and one token each) loop
+   ``GET next`` → ``POST annotations`` for ``--duration`` seconds, then verifies from the
+   database that no item is over-assigned, no annotator got an item twice and the
+   counters match the rows;
+5. prints latency percentiles (client-side, and server-side from gunicorn's access log),
+   throughput and error counts per run, and the median over runs.
+
+Client and server share the machine, so client-side figures include the client's own CPU
+time and queueing; the server-side column is gunicorn's request time.
+
+    .venv/bin/python bench/queue.py                          # 100k items, K = 1, 8, 32
+    .venv/bin/python bench/queue.py --items 1000000 --reuse  # 1M items
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, and its name shadows the
+# standard library's ``queue`` (which psycopg and others import). Drop that entry.
+if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import http.client  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+PG = "postgres://postgres@127.0.0.1:5432"
+# 1x1 grey PNG.
+TINY_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
+    "3a7e9b550000000a4944415478da63f80f00010101001bb6ee560000000049454e44ae426082"
+)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--annotators", default="1,8,32", help="comma-separated K values")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per run")
+    p.add_argument("--runs", type=int, default=3, help="runs per K (the median is reported)")
+    p.add_argument("--overlap", type=int, default=1, help="annotations wanted per item")
+    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.add_argument("--eval-rate", type=float, default=0.1)
+    p.add_argument("--think-ms", type=float, default=0.0, help="pause between items per annotator")
+    p.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    p.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    p.add_argument("--db", default="annotate_bench")
+    p.add_argument("--reuse", action="store_true", help="reuse a bench project of the same size if present")
+    return p.parse_args()
+
+
+# --- setup ------------------------------------------------------------------------------
+
+
+def ensure_database(name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG}/{name}"
+
+
+def server_env(database_url: str, var_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "ANNOTATE_ENV": "dev",
+            "DJANGO_DEBUG": "0",
+            "DATABASE_URL": database_url,
+            "ANNOTATE_VAR_DIR": str(var_dir),
+            "CELERY_BROKER_URL": "memory://",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(REPO),
+        }
+    )
+    return env
+
+
+def django_setup(env: dict[str, str]) -> None:
+    os.environ.update({k: env[k] for k in ("ANNOTATE_ENV", "DJANGO_DEBUG", "DATABASE_URL", "ANNOTATE_VAR_DIR")})
+    os.environ.update({"CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING"})
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "annotate.settings")
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+
+
+def build_project(*, n_items: int, overlap: int, eval_fraction: float, eval_rate: float, reuse: bool):  # type: ignore[no-untyped-def]
+    from django.db import connection
+
+    from labeling.models import Item, LabelClass, Project
+
+    name = f"bench-{n_items}-o{overlap}"
+    project = Project.objects.filter(name=name).first()
+    if project is not None and reuse and Item.objects.filter(project=project).count() == n_items:
+        print(f"reusing project {project.pk} ({n_items} items)", flush=True)
+        Project.objects.filter(pk=project.pk).update(eval_rate=eval_rate, show_suggestions=True)
+        project.refresh_from_db()
+        return project
+    if project is not None:
+        print(f"dropping old project {project.pk}", flush=True)
+        with connection.cursor() as cursor:  # the ORM cascade would load every row
+            cursor.execute(
+                "DELETE FROM labeling_annotation WHERE item_id IN (SELECT id FROM labeling_item WHERE project_id = %s)",
+                [project.pk],
+            )
+            cursor.execute("DELETE FROM labeling_lease WHERE project_id = %s", [project.pk])
+            cursor.execute("DELETE FROM labeling_item WHERE project_id = %s", [project.pk])
+        project.delete()
+    project = Project.objects.create(
+        name=name, overlap=overlap, max_overlap=overlap, eval_fraction=eval_fraction, eval_rate=eval_rate
+    )
+    for i, cls in enumerate(["normal", "benign", "malignant"]):
+        LabelClass.objects.create(project=project, name=cls, shortcut=str(i + 1), order=i)
+
+    t0 = time.perf_counter()
+    rng = random.Random(0)
+    connection.ensure_connection()
+    raw = connection.connection  # the psycopg connection, autocommit: COPY commits on its own
+    with (
+        raw.cursor() as cur,
+        cur.copy(
+            "COPY labeling_item (project_id, file, thumbnail, original_name, sha256, width, height, mode, metadata,"
+            " split, status, priority, wanted, annotation_count, lease_count, created_at) FROM STDIN"
+        ) as copy,
+    ):
+        for i in range(n_items):
+            split = "evaluation" if rng.random() < eval_fraction else "train"
+            copy.write_row(
+                (
+                    project.pk,
+                    "bench/shared.png",
+                    "",
+                    f"img{i:07d}.png",
+                    f"{project.pk:08x}{i:056x}",
+                    1,
+                    1,
+                    "L",
+                    "{}",
+                    split,
+                    "open",
+                    rng.random(),
+                    overlap,
+                    0,
+                    0,
+                    "2026-01-01T00:00:00Z",
+                )
+            )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE labeling_item")
+    print(f"built project {project.pk}: {n_items} items by COPY in {time.perf_counter() - t0:.1f} s", flush=True)
+    return project
+
+
+def ensure_annotators(project, k: int) -> list[str]:  # type: ignore[no-untyped-def]
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from labeling.models import Membership
+
+    tokens = []
+    for i in range(k):
+        user, created = get_user_model().objects.get_or_create(username=f"bench-annotator-{i}")
+        if created:
+            user.set_unusable_password()
+            user.save()
+        Membership.objects.get_or_create(user=user, project=project, defaults={"role": Membership.Role.ANNOTATOR})
+        tokens.append(Token.objects.get_or_create(user=user)[0].key)
+    return tokens
+
+
+def reset_queue(project_id: int) -> None:
+    """Back to an untouched queue: no leases, no annotations, counters zero (touched rows only)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM labeling_annotation WHERE lease_id IN (SELECT id FROM labeling_lease WHERE project_id = %s)",
+            [project_id],
+        )
+        cursor.execute(
+            "UPDATE labeling_item SET status = 'open', annotation_count = 0, lease_count = 0"
+            " WHERE id IN (SELECT item_id FROM labeling_lease WHERE project_id = %s)",
+            [project_id],
+        )
+        cursor.execute("DELETE FROM labeling_lease WHERE project_id = %s", [project_id])
+        # Dead index entries at the head of item_queue_open would slow the next run's first pulls.
+        cursor.execute("VACUUM ANALYZE labeling_item")
+        cursor.execute("VACUUM ANALYZE labeling_lease")
+        cursor.execute("VACUUM ANALYZE labeling_annotation")
+
+
+def verify(project_id: int) -> dict[str, int]:
+    """Counted from rows, not from the counters the code under test maintains."""
+    from django.db import connection
+
+    queries = {
+        "over_assigned": """
+            SELECT count(*) FROM labeling_item i JOIN (
+                SELECT item_id, sum(n) AS n FROM (
+                    SELECT a.item_id, count(*) AS n FROM labeling_annotation a
+                    JOIN labeling_lease l ON l.id = a.lease_id
+                    WHERE l.project_id = %(p)s AND a.retracted_at IS NULL GROUP BY a.item_id
+                    UNION ALL
+                    SELECT item_id, count(*) FROM labeling_lease
+                    WHERE project_id = %(p)s AND state = 'active' GROUP BY item_id
+                ) u GROUP BY item_id
+            ) t ON t.item_id = i.id WHERE t.n > i.wanted""",
+        "repeated": """
+            SELECT count(*) FROM (
+                SELECT a.item_id, a.annotator_id FROM labeling_annotation a
+                JOIN labeling_lease l ON l.id = a.lease_id
+                WHERE l.project_id = %(p)s GROUP BY 1, 2 HAVING count(*) > 1
+            ) r""",
+        "counter_mismatch": """
+            SELECT count(*) FROM labeling_item i
+            WHERE i.id IN (SELECT item_id FROM labeling_lease WHERE project_id = %(p)s)
+              AND (i.annotation_count <> (SELECT count(*) FROM labeling_annotation a
+                                          WHERE a.item_id = i.id AND a.retracted_at IS NULL)
+                OR i.lease_count <> (SELECT count(*) FROM labeling_lease l
+                                     WHERE l.item_id = i.id AND l.state = 'active'))""",
+        "annotations": """
+            SELECT count(*) FROM labeling_annotation a JOIN labeling_lease l ON l.id = a.lease_id
+            WHERE l.project_id = %(p)s""",
+    }
+    out = {}
+    with connection.cursor() as cursor:
+        for key, sql in queries.items():
+            cursor.execute(sql, {"p": project_id})
+            out[key] = int(cursor.fetchone()[0])
+    return out
+
+
+def explain_pick(project, user_id: int) -> str:  # type: ignore[no-untyped-def]
+    """EXPLAIN ANALYZE of the pick-and-lease statement, rolled back."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from labeling.services.queue import pick_sql
+
+    now = timezone.now()
+    params = {"project_id": project.pk, "split": "train", "user_id": user_id, "now": now, "expires_at": now}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + pick_sql(), params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        transaction.set_rollback(True)
+    return plan
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(env: dict[str, str], port: int, workers: int, threads: int, access_log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "annotate.wsgi",
+        "-w",
+        str(workers),
+        "-k",
+        "gthread",
+        "--threads",
+        str(threads),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--preload",  # import Django once, before forking: no cold first request per worker
+        "--keep-alive",
+        "30",
+        "--access-logfile",
+        str(access_log),
+        "--access-logformat",
+        "%(U)s %(s)s %(D)s",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return proc
+        if proc.poll() is not None:
+            raise RuntimeError("gunicorn exited")
+        time.sleep(0.2)
+    raise RuntimeError("gunicorn did not start")
+
+
+# --- the annotators -----------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    next_ms: list[float] = field(default_factory=list)
+    submit_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    empty: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
+
+def annotator(
+    port: int, token: str, project_id: int, label_ids: list[int], stop_at: float, think_s: float, stats: Stats
+) -> None:
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    rng = random.Random(token)
+    perf = time.perf_counter
+
+    def call(method: str, path: str, body: bytes | None = None) -> tuple[int, bytes, float]:
+        nonlocal conn
+        t0 = perf()
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            res = conn.getresponse()
+            data = res.read()
+            return res.status, data, (perf() - t0) * 1000
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            return 0, str(exc).encode(), (perf() - t0) * 1000
+
+    while time.monotonic() < stop_at:
+        status, data, ms = call("GET", f"/api/v1/projects/{project_id}/next/")
+        if status == 204:
+            stats.empty += 1
+            break
+        if status != 200:
+            stats.errors += 1
+            if len(stats.error_samples) < 3:
+                stats.error_samples.append(f"next {status} {data[:200]!r}")
+            continue
+        stats.next_ms.append(ms)
+        lease_id = json.loads(data)["lease"]["id"]
+        if think_s:
+            time.sleep(think_s)
+        body = json.dumps(
+            {"lease": lease_id, "label": rng.choice(label_ids), "client_id": str(uuid.uuid4()), "duration_ms": 900}
+        ).encode()
+        status, data, ms = call("POST", "/api/v1/annotations/", body)
+        if status != 201:
+            stats.errors += 1
+            if len(stats.error_samples) < 3:
+                stats.error_samples.append(f"submit {status} {data[:200]!r}")
+            continue
+        stats.submit_ms.append(ms)
+    conn.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))]
+
+
+def server_times(access_log: Path, offset: int) -> tuple[list[float], list[float]]:
+    next_ms, submit_ms = [], []
+    with open(access_log, "rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) != 3:
+                continue
+            path, status, micros = parts
+            ms = int(micros) / 1000 if micros.isdigit() else float("nan")
+            if path.endswith("/next/") and status == "200":
+                next_ms.append(ms)
+            elif path == "/api/v1/annotations/" and status == "201":
+                submit_ms.append(ms)
+    return next_ms, submit_ms
+
+
+def run_once(*, k: int, port: int, tokens: list[str], project, label_ids: list[int], args, access_log: Path) -> dict:  # type: ignore[no-untyped-def]
+    reset_queue(project.pk)
+    offset = access_log.stat().st_size if access_log.exists() else 0
+    load_before = os.getloadavg()[0]
+    stats = [Stats() for _ in range(k)]
+    start = time.monotonic()
+    stop_at = start + args.duration
+    threads = [
+        threading.Thread(
+            target=annotator,
+            args=(port, tokens[i], project.pk, label_ids, stop_at, args.think_ms / 1000, stats[i]),
+        )
+        for i in range(k)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    time.sleep(0.5)  # let gunicorn flush the access log
+    srv_next, srv_submit = server_times(access_log, offset)
+    next_ms = [x for s in stats for x in s.next_ms]
+    submit_ms = [x for s in stats for x in s.submit_ms]
+    checks = verify(project.pk)
+    samples = [e for s in stats for e in s.error_samples][:3]
+    return {
+        "k": k,
+        "next_p50": pct(next_ms, 50),
+        "next_p95": pct(next_ms, 95),
+        "next_p99": pct(next_ms, 99),
+        "srv_next_p50": pct(srv_next, 50),
+        "srv_next_p99": pct(srv_next, 99),
+        "submit_p50": pct(submit_ms, 50),
+        "submit_p99": pct(submit_ms, 99),
+        "srv_submit_p99": pct(srv_submit, 99),
+        "ann_per_s": checks["annotations"] / elapsed,
+        "errors": sum(s.errors for s in stats),
+        "over_assigned": checks["over_assigned"],
+        "repeated": checks["repeated"],
+        "counter_mismatch": checks["counter_mismatch"],
+        "load": f"{load_before:.1f}->{os.getloadavg()[0]:.1f}",
+        "error_samples": samples,
+    }
+
+
+COLUMNS = [
+    ("k", "K", "{:>3}"),
+    ("next_p50", "next p50", "{:>8.1f}"),
+    ("next_p95", "p95", "{:>6.1f}"),
+    ("next_p99", "p99", "{:>6.1f}"),
+    ("srv_next_p50", "srv p50", "{:>7.1f}"),
+    ("srv_next_p99", "srv p99", "{:>7.1f}"),
+    ("submit_p50", "submit p50", "{:>10.1f}"),
+    ("submit_p99", "p99", "{:>6.1f}"),
+    ("srv_submit_p99", "srv p99", "{:>7.1f}"),
+    ("ann_per_s", "ann/s", "{:>6.0f}"),
+    ("errors", "err", "{:>4}"),
+    ("over_assigned", "over", "{:>4}"),
+    ("repeated", "rep", "{:>4}"),
+    ("counter_mismatch", "cnt", "{:>4}"),
+    ("load", "load1", "{:>10}"),
+]
+
+
+def header() -> str:
+    return "      " + " ".join(f"{title:>{len(fmt.format(0 if key != 'load' else ''))}}" for key, title, fmt in COLUMNS)
+
+
+def row(label: str, r: dict) -> str:  # type: ignore[type-arg]
+    return f"{label:<6}" + " ".join(fmt.format(r[key]) for key, _, fmt in COLUMNS)
+
+
+def median_row(rows: list[dict]) -> dict:  # type: ignore[type-arg]
+    out = dict(rows[0])
+    for key, _, _ in COLUMNS:
+        if key in ("k", "load"):
+            continue
+        vals = [r[key] for r in rows]
+        out[key] = (
+            statistics.median(vals)
+            if key not in ("errors", "over_assigned", "repeated", "counter_mismatch")
+            else max(vals)
+        )
+    out["load"] = "-"
+    return out
+
+
+def main() -> int:
+    args = parse_args()
+    levels = [int(x) for x in args.annotators.split(",")]
+    var_dir = Path(tempfile.mkdtemp(prefix="annotate-bench-"))
+    database_url = ensure_database(args.db)
+    env = server_env(database_url, var_dir)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
+    django_setup(env)
+    from labeling.models import LabelClass
+
+    media = var_dir / "media" / "bench"
+    media.mkdir(parents=True, exist_ok=True)
+    (media / "shared.png").write_bytes(TINY_PNG)
+
+    project = build_project(
+        n_items=args.items,
+        overlap=args.overlap,
+        eval_fraction=args.eval_fraction,
+        eval_rate=args.eval_rate,
+        reuse=args.reuse,
+    )
+    tokens = ensure_annotators(project, max(levels))
+    label_ids = list(LabelClass.objects.filter(project=project).values_list("id", flat=True))
+    from django.contrib.auth import get_user_model
+
+    bench_user = get_user_model().objects.get(username="bench-annotator-0")
+    print("EXPLAIN ANALYZE of the pick-and-lease statement:\n" + explain_pick(project, bench_user.pk), flush=True)
+
+    port = free_port()
+    access_log = var_dir / "access.log"
+    print(
+        f"items={args.items} overlap={args.overlap} eval_rate={args.eval_rate}"
+        f" duration={args.duration}s runs={args.runs}"
+        f" think={args.think_ms}ms gunicorn -w {args.workers} -k gthread --threads {args.threads}"
+        f" cpus={os.cpu_count()}",
+        flush=True,
+    )
+    server = start_server(env, port, args.workers, args.threads, access_log)
+    try:
+        # Warm-up: import everything in every worker, open their DB connections.
+        run_once(
+            k=min(16, len(tokens)),
+            port=port,
+            tokens=tokens,
+            project=project,
+            label_ids=label_ids,
+            args=argparse.Namespace(**{**vars(args), "duration": 5.0}),
+            access_log=access_log,
+        )
+        print("latencies in ms; srv = gunicorn request time; over/rep/cnt verified from the database")
+        print(header())
+        for k in levels:
+            rows = []
+            for i in range(args.runs):
+                r = run_once(
+                    k=k,
+                    port=port,
+                    tokens=tokens,
+                    project=project,
+                    label_ids=label_ids,
+                    args=args,
+                    access_log=access_log,
+                )
+                rows.append(r)
+                print(row(f"run{i + 1}", r), flush=True)
+                for sample in r["error_samples"]:
+                    print("      error:", sample)
+            print(row("MEDIAN", median_row(rows)), flush=True)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
