@@ -10,8 +10,12 @@ package only as a driver: its own browser download (``playwright install``) is n
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from playwright.sync_api import sync_playwright
+# bench/queue.py would shadow the standard library's queue module for a script run from bench/.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from playwright.sync_api import sync_playwright  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 
