@@ -141,6 +141,14 @@ IMPORT_MAX_PIXELS = env.int("IMPORT_MAX_PIXELS", default=100_000_000)
 IMPORT_MAX_ZIP_BYTES = env.int("IMPORT_MAX_ZIP_BYTES", default=2 * 1024 * 1024 * 1024)
 IMPORT_ROOTS = env.list("IMPORT_ROOTS", default=[])
 THUMBNAIL_SIZE = env.int("THUMBNAIL_SIZE", default=256)
+IMPORT_SYNC_MAX_FILES = env.int("IMPORT_SYNC_MAX_FILES", default=20)  # larger uploads become a background job
+IMPORT_SYNC_MAX_BYTES = env.int("IMPORT_SYNC_MAX_BYTES", default=20 * 1024 * 1024)
+IMPORT_MAX_ZIP_ENTRIES = env.int("IMPORT_MAX_ZIP_ENTRIES", default=100_000)
+IMPORT_MAX_REFERENCES = env.int("IMPORT_MAX_REFERENCES", default=10_000)
+PROJECT_CREATE_REQUIRES_STAFF = env.bool("PROJECT_CREATE_REQUIRES_STAFF", default=False)
+
+# Login throttle counters must be shared across web processes in production (e.g. redis://).
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
 # --- the annotator workspace and the queue --------------------------------------------
 UNDO_WINDOW_SECONDS = env.int("UNDO_WINDOW_SECONDS", default=120)
@@ -154,7 +162,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "labeling.api.schema.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "labeling.api.exception_handler.api_exception_handler",

@@ -61,7 +61,7 @@ def import_setting(name: str) -> int:
     defaults = {
         "IMPORT_SYNC_MAX_FILES": 20,
         "IMPORT_SYNC_MAX_BYTES": 20 * 1024 * 1024,
-        "IMPORT_MAX_ZIP_ENTRIES": 200_000,
+        "IMPORT_MAX_ZIP_ENTRIES": 100_000,
         "IMPORT_MAX_REFERENCES": 10_000,
     }
     return int(getattr(settings, name, defaults.get(name, 0)))
