@@ -29,7 +29,7 @@ import sys
 
 # Run as a script, this file's folder comes first on sys.path, and its name shadows the
 # standard library's ``queue`` (which psycopg and others import). Drop that entry.
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
+if __name__ == "__main__" and sys.path and sys.path[0].rstrip("/").endswith("bench"):
     sys.path.pop(0)
 
 import argparse  # noqa: E402
@@ -38,6 +38,7 @@ import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -71,6 +72,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     p.add_argument("--db", default="annotate_bench")
     p.add_argument("--reuse", action="store_true", help="reuse a bench project of the same size if present")
+    p.add_argument(
+        "--no-consensus-hook",
+        action="store_true",
+        help="serve with the after-submit consensus hook disabled: the queue's own cost only",
+    )
     return p.parse_args()
 
 
@@ -283,12 +289,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(env: dict[str, str], port: int, workers: int, threads: int, access_log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+def wsgi_without_consensus():  # type: ignore[no-untyped-def]
+    """gunicorn app factory (``bench.queue:wsgi_without_consensus()``): the app, consensus hook off."""
+    from annotate.wsgi import application
+    from labeling.services import queue
+
+    queue._after_submit = lambda item_ids: None  # type: ignore[assignment]
+    return application
+
+
+def start_server(
+    env: dict[str, str], port: int, workers: int, threads: int, access_log: Path, *, consensus: bool = True
+) -> subprocess.Popen:  # type: ignore[type-arg]
     cmd = [
         sys.executable,
         "-m",
         "gunicorn",
-        "annotate.wsgi",
+        "annotate.wsgi" if consensus else "bench.queue:wsgi_without_consensus()",
         "-w",
         str(workers),
         "-k",
@@ -521,10 +538,11 @@ def main() -> int:
         f"items={args.items} overlap={args.overlap} eval_rate={args.eval_rate}"
         f" duration={args.duration}s runs={args.runs}"
         f" think={args.think_ms}ms gunicorn -w {args.workers} -k gthread --threads {args.threads}"
-        f" cpus={os.cpu_count()}",
+        f" cpus={os.cpu_count()} consensus_hook={'off' if args.no_consensus_hook else 'on'}",
         flush=True,
     )
-    server = start_server(env, port, args.workers, args.threads, access_log)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on kill
+    server = start_server(env, port, args.workers, args.threads, access_log, consensus=not args.no_consensus_hook)
     try:
         # Warm-up: import everything in every worker, open their DB connections.
         run_once(

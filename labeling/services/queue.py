@@ -22,7 +22,7 @@ lease row second, so paths cannot deadlock on each other:
   (say ``count(leases) < wanted``) would *not* be re-evaluated against new rows; that is why
   capacity lives in the item row and why every lease, submit, skip, release, expiry and undo
   updates that row in the same transaction.
-* A per-user row lock (``auth_user … FOR NO KEY UPDATE``) serialises one annotator's own
+* A per-user row lock (``auth_user … FOR NO KEY UPDATE``, see ``_begin_lease_transaction``) serialises one annotator's own
   ``next`` calls, so a double reload cannot lease two items where one was meant, and the
   hoarding cap (``QUEUE_MAX_ACTIVE_LEASES``) cannot be raced. Different annotators never
   wait on each other there, and the lock does not conflict with the FOR KEY SHARE locks that
@@ -261,10 +261,26 @@ def _pick_portable(*, project: Project, user_id: int, pool: _Pool, now: datetime
     )
 
 
-def _user_lock(user_id: int) -> None:
-    """Serialise one user's lease_next calls (see the module docstring)."""
-    if _use_skip_locked():
-        list(get_user_model().objects.select_for_update(no_key=True).filter(pk=user_id).values_list("pk"))
+def _begin_lease_transaction(user_id: int) -> None:
+    """Serialise one user's lease_next calls, and commit leases without waiting for fsync.
+
+    The row lock: see the module docstring. ``synchronous_commit = off`` for this
+    transaction only: a lease is a reservation, not anyone's work, and waiting for the WAL
+    flush was the largest part of ``next`` on a busy disk (about 7 ms p50, 20 ms p90 here).
+    If PostgreSQL crashes within the few hundred ms before the WAL writer flushes, the lease
+    and its counter bump are lost together (one transaction), leaving a consistent queue;
+    any later synchronous commit (every submit is one) flushes them too. Submits, skips,
+    releases and undos keep synchronous commits: an acknowledged answer is never lost.
+    One round trip for both.
+    """
+    if not _use_skip_locked():
+        return
+    table = connection.ops.quote_name(get_user_model()._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT set_config('synchronous_commit', 'off', true) FROM {table} WHERE id = %s FOR NO KEY UPDATE",  # noqa: S608
+            [user_id],
+        )
 
 
 def lease_next(
@@ -296,7 +312,7 @@ def lease_next(
         try:
             with transaction.atomic():
                 now = timezone.now()
-                _user_lock(user.pk)
+                _begin_lease_transaction(user.pk)
                 held = list(
                     Lease.objects.filter(
                         project_id=project.pk, annotator_id=user.pk, state=State.ACTIVE, expires_at__gt=now
