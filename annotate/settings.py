@@ -84,6 +84,7 @@ DATABASES = {
 }
 _db = DATABASES["default"]
 if _db["ENGINE"].endswith("sqlite3"):
+    Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # The embedded default: the web server and the worker share one file. WAL lets the
     # worker write while pages are read; the timeout rides out short write locks.
     _db.setdefault("OPTIONS", {}).update(
