@@ -312,24 +312,26 @@ def _usernames(user_ids: set[int]) -> dict[int, str]:
     return {u.pk: u.get_username() for u in User.objects.filter(pk__in=user_ids)}
 
 
-def annotator_stats(*, project_id: int, now: datetime) -> list[dict[str, Any]]:
-    """One row per annotator with every per-annotator figure of the dashboard, in ONE statement.
+def annotation_stats(*, project_id: int, now: datetime) -> list[dict[str, Any]]:
+    """Live annotations grouped by (annotator, UTC day): every annotation figure of the dashboard.
 
-    Cost, throughput and quality all group live annotations by annotator; computing them in
-    one pass (FILTERed aggregates) reads the project's annotations once instead of three
-    times, which is what matters on a large project (docs/dashboard.md, "Query cost").
-    Keys: annotator_id, n, ms, cost, first, n_recent, ms_recent, gold_n, gold_ok, cons_n, cons_ok.
+    ONE statement: cost, spend per day, throughput and accuracy vs gold / consensus all read
+    the project's annotations, and reading them once (FILTERed aggregates) instead of four
+    times is what matters on a large project (docs/dashboard.md, "Query cost"). The result
+    has at most annotators x days rows; ``_rollup`` folds it per annotator or per day.
+    Keys: annotator_id, day, n, ms, cost, first, n_recent, ms_recent, gold_n, gold_ok, cons_n, cons_ok.
     """
     recent = Q(submitted_at__gt=now - RECENT_WINDOW, submitted_at__lte=now)
     has_gold = Q(item__gold_label_id__isnull=False)
     has_consensus = Q(item__consensus__isnull=False)
     return list(
         _live_annotations(project_id)
-        .values("annotator_id")
+        .annotate(day=TruncDate("submitted_at"))
+        .values("annotator_id", "day")
         .annotate(
             n=Count("id"),
             ms=Coalesce(Sum("duration_ms"), 0),
-            cost=Sum(annotation_cost_expression(), output_field=MONEY),
+            cost=Coalesce(Sum(annotation_cost_expression(), output_field=MONEY), Value(ZERO), output_field=MONEY),
             first=Min("submitted_at"),
             n_recent=Count("id", filter=recent),
             ms_recent=Coalesce(Sum("duration_ms", filter=recent), 0),
@@ -342,8 +344,23 @@ def annotator_stats(*, project_id: int, now: datetime) -> list[dict[str, Any]]:
     )
 
 
-def consensus_count(*, project_id: int) -> int:
-    return ConsensusLabel.objects.filter(item__project_id=project_id).count()
+_SUMMED = ("n", "ms", "cost", "n_recent", "ms_recent", "gold_n", "gold_ok", "cons_n", "cons_ok")
+
+
+def _rollup(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
+    """Fold grouped rows on ``key`` (annotator_id or day): sums, and the earliest ``first``."""
+    out: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        acc = out.get(r[key])
+        if acc is None:
+            out[r[key]] = {k: r[k] for k in (key, "first", *_SUMMED) if k in r}
+            continue
+        for k in _SUMMED:
+            if k in r:
+                acc[k] += r[k]
+        if r.get("first") is not None and (acc.get("first") is None or r["first"] < acc["first"]):
+            acc["first"] = r["first"]
+    return out
 
 
 def project_cost_summary(
@@ -354,23 +371,15 @@ def project_cost_summary(
 ) -> CostSummary:
     """Spend per person and per day, cost per annotation and per consensus label.
 
-    ``stats`` (``annotator_stats``) and ``consensus_labels`` may be passed in when the caller
-    has them already; otherwise this reads them (five grouped statements in all).
+    ``stats`` (``annotation_stats``) and ``consensus_labels`` may be passed in when the
+    caller has them already; otherwise this reads them.
     """
-    cost = annotation_cost_expression()
-    per_annotator = stats if stats is not None else annotator_stats(project_id=project_id, now=timezone.now())
+    rows = stats if stats is not None else annotation_stats(project_id=project_id, now=timezone.now())
     per_reviewer = list(
         _reviews(project_id)
         .values("reviewer_id")
         .annotate(n=Count("id"), cost=Sum(review_cost_expression(), output_field=MONEY))
         .order_by()
-    )
-    ann_days = list(
-        _live_annotations(project_id)
-        .annotate(day=TruncDate("submitted_at"))
-        .values("day")
-        .annotate(n=Count("id"), ms=Coalesce(Sum("duration_ms"), 0), cost=Sum(cost, output_field=MONEY))
-        .order_by("day")
     )
     rev_days = list(
         _reviews(project_id)
@@ -380,11 +389,11 @@ def project_cost_summary(
         .order_by("day")
     )
     if consensus_labels is None:
-        consensus_labels = consensus_count(project_id=project_id)
+        consensus_labels = ConsensusLabel.objects.filter(item__project_id=project_id).count()
 
-    names = _usernames({r["annotator_id"] for r in per_annotator} | {r["reviewer_id"] for r in per_reviewer})
-    ann_by_user = {r["annotator_id"]: r for r in per_annotator}
+    ann_by_user = _rollup(rows, "annotator_id")
     rev_by_user = {r["reviewer_id"]: r for r in per_reviewer}
+    names = _usernames(set(ann_by_user) | set(rev_by_user))
     by_person = sorted(
         (
             _spend_row(str(uid), names.get(uid, f"user {uid}"), ann_by_user.get(uid), rev_by_user.get(uid))
@@ -392,16 +401,16 @@ def project_cost_summary(
         ),
         key=lambda row: (-row.total, row.label),
     )
-    ann_by_day = {r["day"]: r for r in ann_days}
+    ann_by_day = _rollup(rows, "day")
     rev_by_day = {r["day"]: r for r in rev_days}
     by_day = [
         _spend_row(day.isoformat(), day.isoformat(), ann_by_day.get(day), rev_by_day.get(day))
         for day in _day_range(ann_by_day.keys() | rev_by_day.keys())
     ]
 
-    annotation_cost = _money(sum((r["cost"] or ZERO for r in per_annotator), ZERO))
+    annotation_cost = _money(sum((r["cost"] or ZERO for r in rows), ZERO))
     review_cost = _money(sum((r["cost"] or ZERO for r in per_reviewer), ZERO))
-    n_annotations = sum(r["n"] for r in per_annotator)
+    n_annotations = sum(r["n"] for r in rows)
     total = annotation_cost + review_cost
     return CostSummary(
         total=total,
@@ -409,7 +418,7 @@ def project_cost_summary(
         review_cost=review_cost,
         annotations=n_annotations,
         reviews=sum(r["n"] for r in per_reviewer),
-        active_hours=sum(r["ms"] for r in per_annotator) / 3_600_000,
+        active_hours=sum(r["ms"] for r in rows) / 3_600_000,
         consensus_labels=consensus_labels,
         cost_per_annotation=_money(annotation_cost / n_annotations) if n_annotations else None,
         cost_per_consensus_label=_money(total / consensus_labels) if consensus_labels else None,
@@ -443,18 +452,34 @@ def _day_range(days: set[date]) -> list[date]:
 # --- progress and throughput --------------------------------------------------------------
 
 
-def project_progress(*, project_id: int, consensus_labels: int | None = None) -> Progress:
-    """Items by status and split, consensus done vs target, annotations still wanted. One or two statements."""
+def item_stats(*, project_id: int) -> list[dict[str, Any]]:
+    """The project's items grouped by (split, status), in ONE statement over the items.
+
+    Besides the counts it carries what else needs a pass over every item: annotations still
+    wanted, consensus labels (LEFT JOIN), gold items, and the panel's agreement with gold.
+    Keys: split, status, n, remaining, n_consensus, gold, panel_n, panel_ok.
+    """
     remaining = Greatest(F("wanted") - F("annotation_count"), Value(0), output_field=IntegerField())
-    rows = list(
+    has_consensus = Q(consensus__isnull=False)
+    panel = Q(gold_label_id__isnull=False) & has_consensus & ~Q(consensus__method=ConsensusLabel.Method.GOLD)
+    return list(
         Item.objects.filter(project_id=project_id)
         .values("split", "status")
         .annotate(
             n=Count("id"),
             remaining=Coalesce(Sum(remaining, filter=~Q(status__in=DONE_STATUSES)), 0),
+            n_consensus=Count("id", filter=has_consensus),
+            gold=Count("id", filter=Q(gold_label_id__isnull=False)),
+            panel_n=Count("id", filter=panel),
+            panel_ok=Count("id", filter=panel & Q(consensus__label_id=F("gold_label_id"))),
         )
         .order_by()
     )
+
+
+def project_progress(*, project_id: int, stats: list[dict[str, Any]] | None = None) -> Progress:
+    """Items by status and split, consensus done vs target, annotations still wanted."""
+    rows = stats if stats is not None else item_stats(project_id=project_id)
     by_status: dict[str, int] = dict.fromkeys(Item.Status.values, 0)
     by_split: dict[str, dict[str, int]] = {sp: dict.fromkeys(Item.Status.values, 0) for sp in Item.Split.values}
     for r in rows:
@@ -466,7 +491,7 @@ def project_progress(*, project_id: int, consensus_labels: int | None = None) ->
         by_status=by_status,
         by_split=by_split,
         items_done=sum(by_status.get(s, 0) for s in DONE_STATUSES),
-        consensus_done=consensus_labels if consensus_labels is not None else consensus_count(project_id=project_id),
+        consensus_done=sum(r["n_consensus"] for r in rows),
         consensus_target=total,
         remaining_annotations=sum(r["remaining"] for r in rows),
     )
@@ -494,7 +519,11 @@ def project_throughput(
     * ETA = remaining annotations / the recent (24 h) wall-clock rate of the whole team.
     """
     now = now or timezone.now()
-    rows = stats if stats is not None else annotator_stats(project_id=project_id, now=now)
+    rows = list(
+        _rollup(
+            stats if stats is not None else annotation_stats(project_id=project_id, now=now), "annotator_id"
+        ).values()
+    )
     names = _usernames({r["annotator_id"] for r in rows})
     first = min((r["first"] for r in rows), default=None)
     window_all = max((now - first).total_seconds() / 3600, 0.0) if first else 0.0
@@ -805,7 +834,7 @@ def project_quality(
     project: Project,
     model_accuracy: float | None,
     stats: list[dict[str, Any]] | None = None,
-    consensus_labels: int | None = None,
+    items: list[dict[str, Any]] | None = None,
 ) -> QualitySummary:
     """Per-annotator accuracy vs gold and vs consensus; human-level, panel and model error.
 
@@ -818,7 +847,12 @@ def project_quality(
     everyone a little, most with low overlap.
     """
     pid = project.pk
-    rows = stats if stats is not None else annotator_stats(project_id=pid, now=timezone.now())
+    rows = list(
+        _rollup(
+            stats if stats is not None else annotation_stats(project_id=pid, now=timezone.now()), "annotator_id"
+        ).values()
+    )
+    items = items if items is not None else item_stats(project_id=pid)
     names = _usernames({r["annotator_id"] for r in rows})
     annotators = sorted(
         (
@@ -834,8 +868,8 @@ def project_quality(
         ),
         key=lambda a: a.username,
     )
-    gold_items = Item.objects.filter(project_id=pid, gold_label__isnull=False).count()
-    consensus_items = consensus_labels if consensus_labels is not None else consensus_count(project_id=pid)
+    gold_items = sum(r["gold"] for r in items)
+    consensus_items = sum(r["n_consensus"] for r in items)
 
     eligible = [a.vs_gold_accuracy for a in annotators if a.vs_gold_n >= MIN_GOLD_FOR_HUMAN_LEVEL]
     if eligible:
@@ -845,11 +879,7 @@ def project_quality(
     else:
         human, human_reason = None, "not yet available: the project has no gold items"
 
-    panel = (
-        ConsensusLabel.objects.filter(item__project_id=pid, item__gold_label__isnull=False)
-        .exclude(method=ConsensusLabel.Method.GOLD)
-        .aggregate(n=Count("id"), ok=Count("id", filter=Q(label_id=F("item__gold_label_id"))))
-    )
+    panel = {"n": sum(r["panel_n"] for r in items), "ok": sum(r["panel_ok"] for r in items)}
     if panel["n"]:
         panel_error, panel_reason = 1.0 - panel["ok"] / panel["n"], ""
     else:
@@ -911,10 +941,10 @@ def project_live_jobs(*, project_id: int) -> list[JobRow]:
 def project_dashboard(*, project: Project, target_accuracy: float, now: datetime | None = None) -> Dashboard:
     """Every dashboard figure of one project (the caller has checked the manager role)."""
     now = now or timezone.now()
-    stats = annotator_stats(project_id=project.pk, now=now)
-    n_consensus = consensus_count(project_id=project.pk)
-    cost = project_cost_summary(project_id=project.pk, stats=stats, consensus_labels=n_consensus)
-    progress = project_progress(project_id=project.pk, consensus_labels=n_consensus)
+    stats = annotation_stats(project_id=project.pk, now=now)
+    items = item_stats(project_id=project.pk)
+    progress = project_progress(project_id=project.pk, stats=items)
+    cost = project_cost_summary(project_id=project.pk, stats=stats, consensus_labels=progress.consensus_done)
     throughput = project_throughput(
         project_id=project.pk,
         remaining_annotations=progress.remaining_annotations,
@@ -932,8 +962,6 @@ def project_dashboard(*, project: Project, target_accuracy: float, now: datetime
         throughput=throughput,
         learning_curve=project_learning_curve(project=project, target_accuracy=target_accuracy),
         confusion=confusion,
-        quality=project_quality(
-            project=project, model_accuracy=confusion.accuracy, stats=stats, consensus_labels=n_consensus
-        ),
+        quality=project_quality(project=project, model_accuracy=confusion.accuracy, stats=stats, items=items),
         jobs=project_live_jobs(project_id=project.pk),
     )
