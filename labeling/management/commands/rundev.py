@@ -44,8 +44,12 @@ class Command(BaseCommand):
                 "info",
             ],
             env=env,
-            start_new_session=True,
         )
+
+        def _stop(signum: int, frame: object) -> None:
+            raise SystemExit(0)  # run the finally below, which stops the worker
+
+        signal.signal(signal.SIGTERM, _stop)
         broker = settings.CELERY_BROKER_URL.split("://", 1)[0]
         db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
         self.stdout.write(
@@ -55,5 +59,8 @@ class Command(BaseCommand):
             call_command("runserver", addr, use_reloader=False)
         finally:
             if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                worker.wait(timeout=20)
+                worker.terminate()
+                try:
+                    worker.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
