@@ -28,6 +28,7 @@ from rest_framework.views import APIView
 from labeling.models import Project
 from labeling.selectors.access import MANAGE, project_access
 from labeling.selectors.dashboard import (
+    dashboard_cache_seconds,
     default_target_accuracy,
     project_cost_summary,
     project_dashboard,
@@ -82,7 +83,9 @@ class DashboardGetApi(APIView):
     )
     def get(self, request: Request, project_id: int) -> Response:
         project = _manager_project(request, project_id)
-        dashboard = project_dashboard(project=project, target_accuracy=_target(request))
+        dashboard = project_dashboard(
+            project=project, target_accuracy=_target(request), max_age_seconds=dashboard_cache_seconds()
+        )
         data = jsonable(dashboard)
         data["project"] = {"id": project.pk, "name": project.name, "overlap": project.overlap}
         del data["project_id"], data["project_name"]

@@ -444,3 +444,21 @@ def test_page_renders_the_frame(client) -> None:  # type: ignore[no-untyped-def]
     assert "vendor/chartjs/chart.umd.min.js" in html and "labeling/dashboard.js" in html
     assert 'value="0.93"' in html
     assert reverse("api-dashboard", args=[project.pk]) in html
+
+
+def test_heavy_figures_are_cached_for_max_age_and_jobs_are_not(client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.DASHBOARD_CACHE_SECONDS = 60
+    project, manager, (alice,) = project_with_members(n_annotators=1)
+    set_rate(project, alice, hourly="100")
+    annotate(ItemFactory(project=project), alice, duration_ms=36_000)
+    client.force_login(manager)
+    url = reverse("api-dashboard", args=[project.pk])
+    first = client.get(url).json()
+    annotate(ItemFactory(project=project), alice, duration_ms=36_000)
+    MLJob.objects.create(project=project, kind=MLJob.Kind.TRAIN, status=MLJob.Status.PENDING, input_fingerprint="h")
+    second = client.get(url).json()
+    assert second["cost"]["total"] == first["cost"]["total"] == 1.0
+    assert second["generated_at"] == first["generated_at"]
+    assert len(second["jobs"]) == 1  # jobs are always fresh
+    settings.DASHBOARD_CACHE_SECONDS = 0
+    assert client.get(url).json()["cost"]["total"] == 2.0
