@@ -190,6 +190,7 @@ def _run(*, job_id: int, kind: str, body: Callable[[MLJob], None]) -> None:
     job = _job_claim(job_id=job_id, kind=kind)
     if job is None:
         return
+    _threads_apply()
     started = time.monotonic()
     try:
         body(job)
@@ -214,6 +215,20 @@ def _run(*, job_id: int, kind: str, body: Callable[[MLJob], None]) -> None:
         raise
     else:
         logger.info("ml job %s (%s) attempt %s done in %.1f s", job.pk, kind, job.attempt, time.monotonic() - started)
+
+
+def _threads_apply() -> None:
+    """``ML_TORCH_THREADS`` > 0 caps torch's intra-op threads in this worker process.
+
+    On a machine whose cores are shared with other work, one thread is several times faster
+    than torch's default (one per core) for both embedding and head training: the threads
+    spin waiting for each other. 0 (default) keeps torch's own choice.
+    """
+    n = int(_setting("ML_TORCH_THREADS", 0) or 0)
+    if n > 0:
+        from mltasks.core import runtime
+
+        runtime.threads_set(n)
 
 
 @contextmanager
@@ -665,7 +680,12 @@ def _priorities(
     k = min(max(1, int(project.retrain_every or 50)), n)
     kwargs: dict[str, Any] = {}
     rest: NDArray[Any]
-    mc_probs = None
+    mc_probs: NDArray[np.float32] | None = None
+    needs_model = strategy not in ("random", "kcenter", "typiclust")
+    if needs_model and (result is None or probs_pool is None):
+        raise MLJobFailedError(f"Strategy {strategy!r} needs a trained model.", code="model_required")
+    if strategy == "random":
+        kwargs["embeddings"] = X_pool  # only its length is used
     if strategy in ("kcenter", "typiclust"):
         labeled = training_labels(project_id=project.pk)
         _, labeled_X = embedding_matrix(project_id=project.pk, backbone=backbone, item_ids=labeled.item_ids.tolist())
@@ -674,27 +694,25 @@ def _priorities(
             kwargs["labeled_embeddings"] = labeled_X
     if strategy in ("least_confidence", "margin", "entropy", "badge"):
         kwargs["probs"] = probs_pool
-    if strategy == "badge":
-        assert result is not None  # noqa: S101 - badge is never the cold-start strategy
+    if strategy == "badge" and result is not None:
         kwargs["embeddings"] = heads.penultimate_features(result, X_pool)
-    if strategy == "bald":
-        assert result is not None  # noqa: S101
+    if strategy == "bald" and result is not None:
         mc_probs = heads.mc_dropout_proba(result, X_pool, T=20, seed=int(rng.integers(2**31)))
         kwargs["mc_probs"] = mc_probs
 
     selected = acquisition.select(strategy, k, rng=rng, **kwargs)  # (k,) best first
 
-    if strategy in ("least_confidence", "margin", "entropy"):
+    if strategy in ("least_confidence", "margin", "entropy") and probs_pool is not None:
         rest = getattr(acquisition, strategy)(probs_pool)
-    elif strategy == "badge":
+    elif strategy == "badge" and probs_pool is not None:
         rest = acquisition.least_confidence(probs_pool)
-    elif strategy == "bald":
+    elif strategy == "bald" and mc_probs is not None:
         rest = acquisition.bald(mc_probs)
     elif strategy == "kcenter":
         centers = np.concatenate([kwargs.get("labeled_embeddings", X_pool[:0]), X_pool[selected]])
         rest, _ = acquisition.min_sq_distances(np.ascontiguousarray(X_pool), np.ascontiguousarray(centers))
     elif strategy == "random":
-        rest = rng.random(n)
+        rest = rng.random((n,))
     else:  # typiclust (cold start): only the batch is ordered
         rest = np.zeros(n)
     priorities = _scaled(rest)

@@ -33,6 +33,7 @@ DIM = 16
 def _small_batches(settings):  # type: ignore[no-untyped-def]
     settings.ML_BATCH_SIZE = 4
     settings.ML_DEVICE = "cpu"
+    settings.ML_TORCH_THREADS = 1  # shared CPUs: one thread is much faster (see ml_runs._threads_apply)
 
 
 # --- fixtures: items with synthetic embeddings and labels --------------------------------
@@ -378,3 +379,25 @@ def test_training_labels_fall_back_to_the_majority_of_live_annotations() -> None
         with_consensus.pk: b.pk,
     }
     assert labels.n_consensus == 1
+
+
+def test_every_project_strategy_scores_the_pool() -> None:
+    project, made = _clustered_project(n_open=25)
+    assert _job_run_train(project, made["manager"]).status == MLJob.Status.SUCCEEDED
+    pool_ids = set(
+        Item.objects.filter(project=project, split=Item.Split.TRAIN, status=Item.Status.OPEN).values_list(
+            "id", flat=True
+        )
+    )
+    for strategy in Project.Strategy.values:
+        Project.objects.filter(pk=project.pk).update(strategy=strategy)
+        project.refresh_from_db()
+        job = scoring_request(project=project)
+        ml_run_score(job_id=job.pk)
+        job.refresh_from_db()
+        assert job.status == MLJob.Status.SUCCEEDED, (strategy, job.error)
+        assert job.result["strategy"] == strategy
+        priorities = dict(Item.objects.filter(pk__in=pool_ids).values_list("id", "priority"))
+        batch = sorted((p for p in priorities.values() if p > 1.0), reverse=True)
+        assert len(batch) == project.retrain_every, strategy
+        assert all(0.0 <= p < 1.0 for p in priorities.values() if p <= 1.0), strategy
