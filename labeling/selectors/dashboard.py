@@ -346,6 +346,20 @@ def annotation_stats(*, project_id: int, now: datetime) -> list[dict[str, Any]]:
     )
 
 
+def review_stats(*, project_id: int) -> list[dict[str, Any]]:
+    """Reviews grouped by (reviewer, UTC day) with their cost, in one statement."""
+    return list(
+        _reviews(project_id)
+        .annotate(day=TruncDate("created_at"))
+        .values("reviewer_id", "day")
+        .annotate(
+            n=Count("id"),
+            cost=Coalesce(Sum(review_cost_expression(), output_field=MONEY), Value(ZERO), output_field=MONEY),
+        )
+        .order_by()
+    )
+
+
 _SUMMED = ("n", "ms", "cost", "n_recent", "ms_recent", "gold_n", "gold_ok", "cons_n", "cons_ok")
 
 
@@ -369,27 +383,17 @@ def project_cost_summary(
     *,
     project_id: int,
     stats: list[dict[str, Any]] | None = None,
+    reviews: list[dict[str, Any]] | None = None,
     consensus_labels: int | None = None,
 ) -> CostSummary:
     """Spend per person and per day, cost per annotation and per consensus label.
 
-    ``stats`` (``annotation_stats``) and ``consensus_labels`` may be passed in when the
-    caller has them already; otherwise this reads them.
+    ``stats`` (``annotation_stats``), ``reviews`` (``review_stats``) and ``consensus_labels``
+    may be passed in when the caller has them already; otherwise this reads them.
     """
     rows = stats if stats is not None else annotation_stats(project_id=project_id, now=timezone.now())
-    per_reviewer = list(
-        _reviews(project_id)
-        .values("reviewer_id")
-        .annotate(n=Count("id"), cost=Sum(review_cost_expression(), output_field=MONEY))
-        .order_by()
-    )
-    rev_days = list(
-        _reviews(project_id)
-        .annotate(day=TruncDate("created_at"))
-        .values("day")
-        .annotate(n=Count("id"), cost=Sum(review_cost_expression(), output_field=MONEY))
-        .order_by("day")
-    )
+    review_rows = reviews if reviews is not None else review_stats(project_id=project_id)
+    per_reviewer = list(_rollup(review_rows, "reviewer_id").values())
     if consensus_labels is None:
         consensus_labels = ConsensusLabel.objects.filter(item__project_id=project_id).count()
 
@@ -404,7 +408,7 @@ def project_cost_summary(
         key=lambda row: (-row.total, row.label),
     )
     ann_by_day = _rollup(rows, "day")
-    rev_by_day = {r["day"]: r for r in rev_days}
+    rev_by_day = _rollup(review_rows, "day")
     by_day = [
         _spend_row(day.isoformat(), day.isoformat(), ann_by_day.get(day), rev_by_day.get(day))
         for day in _day_range(ann_by_day.keys() | rev_by_day.keys())
@@ -944,8 +948,11 @@ def dashboard_cache_seconds() -> int:
     return int(getattr(settings, "DASHBOARD_CACHE_SECONDS", 60))
 
 
-def _heavy_stats(*, project_id: int, now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The two statements that read every annotation and every item of the project.
+Rows = list[dict[str, Any]]
+
+
+def _heavy_stats(*, project_id: int, now: datetime) -> tuple[Rows, Rows, Rows]:
+    """The statements that read every annotation, item and review of the project.
 
     On PostgreSQL they run with JIT off (its compile time, ~0.5 s, buys nothing for one
     aggregate pass) and 64 MB of work_mem, so that the hash joins and the sort for the
@@ -956,7 +963,11 @@ def _heavy_stats(*, project_id: int, now: datetime) -> tuple[list[dict[str, Any]
             with connection.cursor() as cur:
                 cur.execute("SET LOCAL jit = off")
                 cur.execute("SET LOCAL work_mem = '64MB'")
-        return annotation_stats(project_id=project_id, now=now), item_stats(project_id=project_id)
+        return (
+            annotation_stats(project_id=project_id, now=now),
+            item_stats(project_id=project_id),
+            review_stats(project_id=project_id),
+        )
 
 
 def project_dashboard(
@@ -968,17 +979,19 @@ def project_dashboard(
     that long (per project; the learning curve, confusion matrix and jobs are always fresh),
     and ``generated_at`` says when they were computed.
     """
-    key = f"dashboard:stats:v1:{project.pk}"
+    key = f"dashboard:stats:v2:{project.pk}"
     cached = cache.get(key) if max_age_seconds > 0 and now is None else None
     if cached is not None:
-        now, stats, items = cached
+        now, stats, items, reviews = cached
     else:
         now = now or timezone.now()
-        stats, items = _heavy_stats(project_id=project.pk, now=now)
+        stats, items, reviews = _heavy_stats(project_id=project.pk, now=now)
         if max_age_seconds > 0:
-            cache.set(key, (now, stats, items), max_age_seconds)
+            cache.set(key, (now, stats, items, reviews), max_age_seconds)
     progress = project_progress(project_id=project.pk, stats=items)
-    cost = project_cost_summary(project_id=project.pk, stats=stats, consensus_labels=progress.consensus_done)
+    cost = project_cost_summary(
+        project_id=project.pk, stats=stats, reviews=reviews, consensus_labels=progress.consensus_done
+    )
     throughput = project_throughput(
         project_id=project.pk,
         remaining_annotations=progress.remaining_annotations,
