@@ -30,7 +30,7 @@ from labeling.selectors.access import MANAGE, project_access
 from labeling.selectors.dashboard import (
     dashboard_cache_seconds,
     default_target_accuracy,
-    project_cost_summary,
+    project_cost_summary_cached,
     project_dashboard,
     project_learning_curve,
     project_live_jobs,
@@ -129,7 +129,7 @@ class DashboardSpendCsvApi(APIView):
         params = SpendCsvQuerySerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         by = params.validated_data["by"]
-        cost = project_cost_summary(project_id=project.pk)
+        cost = project_cost_summary_cached(project_id=project.pk, max_age_seconds=dashboard_cache_seconds())
         spend_rows = cost.by_person if by == "annotator" else cost.by_day
         header = [
             "user_id" if by == "annotator" else "day",

@@ -970,6 +970,29 @@ def _heavy_stats(*, project_id: int, now: datetime) -> tuple[Rows, Rows, Rows]:
         )
 
 
+def project_heavy_stats(
+    *, project_id: int, now: datetime | None = None, max_age_seconds: int = 0
+) -> tuple[datetime, Rows, Rows, Rows]:
+    """(computed_at, annotation_stats, item_stats, review_stats), from the cache when younger than max_age."""
+    key = f"dashboard:stats:v2:{project_id}"
+    cached = cache.get(key) if max_age_seconds > 0 and now is None else None
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    now = now or timezone.now()
+    stats, items, reviews = _heavy_stats(project_id=project_id, now=now)
+    if max_age_seconds > 0:
+        cache.set(key, (now, stats, items, reviews), max_age_seconds)
+    return now, stats, items, reviews
+
+
+def project_cost_summary_cached(*, project_id: int, max_age_seconds: int) -> CostSummary:
+    """``project_cost_summary`` from the same (cached) rows as the dashboard: for the CSV export."""
+    _, stats, items, reviews = project_heavy_stats(project_id=project_id, max_age_seconds=max_age_seconds)
+    return project_cost_summary(
+        project_id=project_id, stats=stats, reviews=reviews, consensus_labels=sum(r["n_consensus"] for r in items)
+    )
+
+
 def project_dashboard(
     *, project: Project, target_accuracy: float, now: datetime | None = None, max_age_seconds: int = 0
 ) -> Dashboard:
@@ -979,15 +1002,7 @@ def project_dashboard(
     that long (per project; the learning curve, confusion matrix and jobs are always fresh),
     and ``generated_at`` says when they were computed.
     """
-    key = f"dashboard:stats:v2:{project.pk}"
-    cached = cache.get(key) if max_age_seconds > 0 and now is None else None
-    if cached is not None:
-        now, stats, items, reviews = cached
-    else:
-        now = now or timezone.now()
-        stats, items, reviews = _heavy_stats(project_id=project.pk, now=now)
-        if max_age_seconds > 0:
-            cache.set(key, (now, stats, items, reviews), max_age_seconds)
+    now, stats, items, reviews = project_heavy_stats(project_id=project.pk, now=now, max_age_seconds=max_age_seconds)
     progress = project_progress(project_id=project.pk, stats=items)
     cost = project_cost_summary(
         project_id=project.pk, stats=stats, reviews=reviews, consensus_labels=progress.consensus_done
