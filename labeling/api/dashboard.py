@@ -41,8 +41,8 @@ def jsonable(value: Any) -> Any:
     """Dataclasses -> dicts; money (Decimal) -> float rounded to 4 places; dates -> ISO strings."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "cov"}
-        if hasattr(type(value), "total") and isinstance(type(value).total, property):
-            out["total"] = jsonable(value.total)
+        if isinstance(getattr(type(value), "total", None), property):  # SpendRow.total
+            out["total"] = jsonable(getattr(value, "total"))  # noqa: B009
         return out
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}

@@ -496,7 +496,7 @@ def project_progress(*, project_id: int, stats: list[dict[str, Any]] | None = No
         items_total=total,
         by_status=by_status,
         by_split=by_split,
-        items_done=sum(by_status.get(s, 0) for s in DONE_STATUSES),
+        items_done=sum(by_status.get(str(s), 0) for s in DONE_STATUSES),
         consensus_done=sum(r["n_consensus"] for r in rows),
         consensus_target=total,
         remaining_annotations=sum(r["remaining"] for r in rows),
@@ -785,20 +785,20 @@ def project_learning_curve(*, project: Project, target_accuracy: float) -> Learn
         for v in versions
         if (acc := _accuracy(v.metrics)) is not None
     ]
-    acc = np.array([p.accuracy for p in points], dtype=np.float64)
+    accuracy = np.array([p.accuracy for p in points], dtype=np.float64)
     return LearningCurve(
         target_accuracy=target_accuracy,
         points=points,
         labels=project_learning_curve_projection(
             axis="labels",
             x=np.array([p.n_train for p in points], dtype=np.float64),
-            accuracy=acc,
+            accuracy=accuracy,
             target_accuracy=target_accuracy,
         ),
         money=project_learning_curve_projection(
             axis="money",
             x=np.array([p.cost for p in points], dtype=np.float64),
-            accuracy=acc,
+            accuracy=accuracy,
             target_accuracy=target_accuracy,
         ),
     )
