@@ -501,6 +501,9 @@ class DawidSkene(_EMAggregator):
     https://doi.org/10.2307/2346806
     """
 
+    # Half an imagined answer per row: enough to keep log() finite and a one-answer reader modest,
+    # small enough to cost nothing on the real crowd sets (docs/consensus.md).
+    smoothing: float = 0.5
     prior_diagonal: float = 0.7
 
     def _validate(self) -> None:
