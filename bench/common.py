@@ -24,7 +24,12 @@ def cpu_setup(threads: int = 2) -> None:
 
 
 def embed_cached(
-    key: str, sources: Sequence[Any], *, backbone: str = "efficientnet_lite0", batch_size: int = 64, num_workers: int = 0
+    key: str,
+    sources: Sequence[Any],
+    *,
+    backbone: str = "efficientnet_lite0",
+    batch_size: int = 64,
+    num_workers: int = 0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Embed ``sources`` with the product pipeline once; later calls read bench/out/emb-<key>-<hash>.npy."""
     from mltasks.core.backbones import load_backbone

@@ -63,7 +63,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I", "F") or mode.startswith("I;16"):
-        return Image.fromarray(_scale_to_uint8(np.asarray(img)), mode="L").convert("RGB")
+        return Image.fromarray(_scale_to_uint8(np.asarray(img))).convert("RGB")
     if mode == "P":
         return _flatten_alpha(img) if "transparency" in img.info else img.convert("RGB")
     if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -88,9 +88,8 @@ def array_to_image(arr: NDArray[Any]) -> Image.Image:
             a = a.astype(np.uint8) * 255
         else:
             a = _scale_to_uint8(a)
-    if a.ndim == 2:
-        return Image.fromarray(a, mode="L")
-    return Image.fromarray(np.ascontiguousarray(a), mode="RGB" if a.shape[2] == 3 else "RGBA")
+    # uint8 (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA: Pillow infers the mode from shape and dtype.
+    return Image.fromarray(np.ascontiguousarray(a))
 
 
 def load_rgb(source: Source, size: int) -> NDArray[np.uint8]:

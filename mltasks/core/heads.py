@@ -68,11 +68,31 @@ class _Standardize(nn.Module):
         return (x - self.mean) / self.scale
 
 
+class SeededDropout(nn.Module):
+    """Inverted dropout whose masks come from ``self.generator`` (a seeded ``torch.Generator``), not the global RNG.
+
+    With ``generator=None`` it falls back to the global generator, like ``nn.Dropout``.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
 class LinearHead(nn.Module):
     def __init__(self, n_features: int, n_classes: int, dropout: float) -> None:
         super().__init__()
         self.standardize = _Standardize(n_features)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeededDropout(dropout)
         self.fc = nn.Linear(n_features, n_classes)
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +110,7 @@ class MLPHead(nn.Module):
         super().__init__()
         self.standardize = _Standardize(n_features)
         self.hidden = nn.Linear(n_features, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeededDropout(dropout)
         self.fc = nn.Linear(hidden, n_classes)
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,12 +126,24 @@ class MLPHead(nn.Module):
 Head = LinearHead | MLPHead
 
 
-def head_build(config: TrainConfig, n_features: int, n_classes: int) -> Head:
+def head_build(
+    config: TrainConfig, n_features: int, n_classes: int, *, generator: torch.Generator | None = None
+) -> Head:
+    """A fresh head. Weights are drawn from ``generator`` (nn.Linear's default init, minus the global RNG)."""
+    model: Head
     if config.head == "linear":
-        return LinearHead(n_features, n_classes, config.dropout)
-    if config.head == "mlp":
-        return MLPHead(n_features, n_classes, config.hidden, config.dropout)
-    raise ValueError(f"unknown head {config.head!r}; expected 'linear' or 'mlp'")
+        model = LinearHead(n_features, n_classes, config.dropout)
+    elif config.head == "mlp":
+        model = MLPHead(n_features, n_classes, config.hidden, config.dropout)
+    else:
+        raise ValueError(f"unknown head {config.head!r}; expected 'linear' or 'mlp'")
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+    return model
 
 
 def _as_xy(X: ArrayLike, y: ArrayLike, n_classes: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
@@ -181,7 +213,7 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-        total += float(loss) * float(wb.sum())
+        total += float(loss.detach()) * float(wb.sum())
         weight_sum += float(wb.sum())
     return total / max(weight_sum, 1e-12)
 
@@ -242,17 +274,14 @@ def _fit(
 ) -> tuple[Head, int, list[float]]:
     """Train from a seeded init; with ``val``, stop early and return the best epoch's weights."""
     torch_gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # nn.Linear init reads the global generator: isolate it
-        torch.manual_seed(seed)
-        model = head_build(config, x.shape[1], n_classes)
+    model = head_build(config, x.shape[1], n_classes, generator=torch_gen)
+    model.dropout.generator = torch_gen
     model.standardize.fit(x, config.standardize)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[float] = []
     best_loss, best_epoch, best_state = math.inf, 0, None
     for epoch in range(1, epochs + 1):
-        with torch.random.fork_rng(devices=[]):  # dropout masks also come from the global generator
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=torch_gen)))
-            train_one_epoch(model, optimizer, x, y, w, config.batch_size, torch_gen)
+        train_one_epoch(model, optimizer, x, y, w, config.batch_size, torch_gen)
         if val is None:
             continue
         loss = _weighted_nll(_logits(model, val[0]), val[1], val[2])
@@ -262,6 +291,7 @@ def _fit(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= config.patience:
             break
+    model.dropout.generator = None  # a Generator is not part of the state and must not leak into callers
     if val is not None and best_state is not None:
         model.load_state_dict(best_state)
         return model, best_epoch, history
@@ -388,8 +418,8 @@ def mc_dropout_proba(
     x = _input(result, X)
     out = np.empty((T, x.shape[0], result.n_classes), dtype=np.float32)
     model.dropout.train()
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.manual_seed(seed)
+    model.dropout.generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
         for s in range(0, x.shape[0], batch_size):
             h = model.penultimate(x[s : s + batch_size])
             for t in range(T):

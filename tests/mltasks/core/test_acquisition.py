@@ -32,7 +32,9 @@ P = np.array(
 def test_score_known_answers() -> None:
     np.testing.assert_allclose(least_confidence(P), [0.0, 0.5, 2 / 3, 0.4], atol=1e-6)
     np.testing.assert_allclose(margin(P), [0.0, 1.0, 1.0, 0.7], atol=1e-6)
-    np.testing.assert_allclose(entropy(P), [0.0, np.log(2), np.log(3), -(0.6 * np.log(0.6) + 0.3 * np.log(0.3) + 0.1 * np.log(0.1))], atol=1e-6)
+    np.testing.assert_allclose(
+        entropy(P), [0.0, np.log(2), np.log(3), -(0.6 * np.log(0.6) + 0.3 * np.log(0.3) + 0.1 * np.log(0.1))], atol=1e-6
+    )
 
 
 def test_bald_known_answers() -> None:
