@@ -57,9 +57,13 @@
     if (t.eta_hours === null) {
       setText("kpi-eta", "–");
       setText("kpi-eta-note", t.eta_reason);
+    } else if (p.remaining_annotations === 0) {
+      setText("kpi-eta", "–");
+      setText("kpi-eta-note", "no annotation is wanted now");
     } else {
       setText("kpi-eta", duration(t.eta_hours));
-      setText("kpi-eta-note", `${nf(0).format(p.remaining_annotations)} annotations left · ~${money(t.cost_to_finish)}`);
+      setText("kpi-eta-note", `${nf(0).format(p.remaining_annotations)} annotations left` +
+        (t.cost_to_finish === null ? "" : ` · ~${money(t.cost_to_finish)}`));
     }
     setText("dash-generated", `Updated ${new Date(d.generated_at).toLocaleString()} · ${nf(0).format(p.items_total)} items · overlap ${d.project.overlap}`);
   }
