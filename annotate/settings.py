@@ -212,6 +212,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_BEAT_SCHEDULE = {
     "reclaim-expired-leases": {"task": "labeling.reclaim_expired_leases", "schedule": 60.0},
+    # Jobs the broker could not take (Redis down) and jobs whose worker died: enqueue them again.
+    "ml-jobs-reconcile": {"task": "mltasks.reconcile_jobs", "schedule": 60.0},
 }
 
 # --- ML -------------------------------------------------------------------------------
@@ -220,6 +222,14 @@ ML_DEFAULT_BACKBONE = env.str("ML_DEFAULT_BACKBONE", default="efficientnet_lite0
 ML_BATCH_SIZE = env.int("ML_BATCH_SIZE", default=64)
 ML_DEVICE = env.str("ML_DEVICE", default="auto")  # auto | cpu | cuda
 ML_ALLOW_HUB_DOWNLOAD = env.bool("ML_ALLOW_HUB_DOWNLOAD", default=False)
+# Torch threads per worker process; 0 keeps torch's choice. On a small shared CPU 1 is fastest.
+ML_TORCH_THREADS = env.int("ML_TORCH_THREADS", default=0)
+ML_JOB_STALE_AFTER_S = env.int("ML_JOB_STALE_AFTER_S", default=600)  # no heartbeat this long: the worker died
+ML_JOB_MAX_ATTEMPTS = env.int("ML_JOB_MAX_ATTEMPTS", default=5)
+ML_JOB_ENQUEUE_GRACE_S = env.int("ML_JOB_ENQUEUE_GRACE_S", default=60)
+ML_JOB_REQUEUE_AFTER_S = env.int("ML_JOB_REQUEUE_AFTER_S", default=3600)
+# Embed new items right after an import (the cold-start order needs embeddings). Off in unit tests.
+ML_AUTO_EMBED = env.bool("ML_AUTO_EMBED", default=(ANNOTATE_ENV != "test"))
 
 # --- security -------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

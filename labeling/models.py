@@ -340,6 +340,7 @@ class MLJob(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["project", "kind", "input_fingerprint"], name="mljob_unique_input"),
         ]
+        indexes = [models.Index(fields=["project", "kind", "status"], name="mljob_project_kind_status")]
 
 
 class Embedding(models.Model):

@@ -77,6 +77,16 @@ def score_pool(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
     _log_done(self, "score", job_id, started)
 
 
+@shared_task(name="mltasks.consensus_refresh", **{**GPU_JOB, "soft_time_limit": 10 * 60, "time_limit": 12 * 60})
+def consensus_refresh(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Recompute the project's consensus with Dawid–Skene; store reliabilities and agreement."""
+    from labeling.services.ml_runs import ml_run_consensus
+
+    started = time.monotonic()
+    ml_run_consensus(job_id=job_id)
+    _log_done(self, "consensus", job_id, started)
+
+
 @shared_task(
     name="mltasks.reconcile_jobs",
     acks_late=True,

@@ -169,4 +169,10 @@ def celery_worker_process(tmp_path: Path, settings) -> Iterator[WorkerProcess]: 
     finally:
         worker.stop()
         app.conf.broker_url, app.conf.task_always_eager = old
-        app.pool.force_close_all()
+        # Drop the pools bound to the test broker; kombu keeps them in a process-wide registry,
+        # and a closed one would make later publishes fail with "Acquire on closed pool".
+        import kombu.pools
+
+        kombu.pools.reset()
+        app._pool = None
+        app.amqp._producer_pool = None

@@ -128,6 +128,11 @@ def items_import(
         _import_batch(project, batch, report)
     if on_progress and report.processed != reported:
         on_progress(report.processed, total)
+    if report.imported and settings.ML_AUTO_EMBED:
+        # New items need embeddings before the cold-start order or a model can rank them.
+        from labeling.services.ml_jobs import embedding_request
+
+        embedding_request(project=project)
     return report
 
 

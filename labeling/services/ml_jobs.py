@@ -46,6 +46,7 @@ _TASK_FOR_KIND = {
     Kind.EMBED: "embed_items",
     Kind.TRAIN: "train_model",
     Kind.SCORE: "score_pool",
+    Kind.CONSENSUS: "consensus_refresh",
 }
 
 # Namespace of the PostgreSQL advisory locks taken here (the second key is the project id).

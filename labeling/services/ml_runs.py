@@ -718,3 +718,24 @@ def _priorities(
     priorities = _scaled(rest)
     priorities[selected] = 2.0 - np.arange(selected.size, dtype=np.float64) / max(selected.size, 1)
     return priorities
+
+
+# --- consensus -------------------------------------------------------------------------
+
+
+def ml_run_consensus(*, job_id: int) -> None:
+    """Full Dawid–Skene recompute for the job's project (no torch; same claim/finish shape)."""
+    _run(job_id=job_id, kind=Kind.CONSENSUS, body=_consensus)
+
+
+def _consensus(job: MLJob) -> None:
+    from labeling.services.consensus import consensus_recompute
+
+    _job_heartbeat(job, progress=0.1, message="Fitting Dawid-Skene.")
+    summary = consensus_recompute(project_id=job.project_id)
+    with transaction.atomic():
+        _job_finish(
+            job,
+            result=summary,
+            message=f"{summary.get('method')}: {summary.get('n_answers', 0)} answers",
+        )

@@ -149,3 +149,24 @@ def test_full_recompute_uses_dawid_skene_with_enough_overlap(db):  # type: ignor
     assert n_right() >= 58
     assert result["panel_error"] < 0.1
     assert MLJob.objects.filter(project=project, kind=MLJob.Kind.CONSENSUS).count() == 0  # below the auto cadence
+
+
+def test_manager_requests_a_recompute_through_the_job(disputed, django_capture_on_commit_callbacks, api_client):  # type: ignore[no-untyped-def]
+    """POST consensus/refresh -> an MLJob run by the (eager, in tests) task -> quality summary."""
+    project, manager, (a1, a2, a3, _a4), _, item = disputed
+    cat = _label(project, "cat")
+    for user in (a1, a2, a3):
+        _annotate(project, user, cat, django_capture_on_commit_callbacks)
+    api_client.force_authenticate(manager)
+    assert api_client.get(reverse("quality", kwargs={"project_id": project.pk})).data["method"] is None
+    with django_capture_on_commit_callbacks(execute=True):
+        resp = api_client.post(reverse("consensus-refresh", kwargs={"project_id": project.pk}))
+    assert resp.status_code == 202
+    job = MLJob.objects.get(pk=resp.data["id"])
+    assert job.status == MLJob.Status.SUCCEEDED, job.error
+    quality = api_client.get(reverse("quality", kwargs={"project_id": project.pk})).data
+    assert quality["method"] == "majority"  # one item: too little overlap for Dawid–Skene
+    assert quality["panel_error"] == 0.0
+    assert {a["annotator_id"] for a in quality["annotators"]} == {a1.pk, a2.pk, a3.pk}
+    api_client.force_authenticate(a1)
+    assert api_client.get(reverse("quality", kwargs={"project_id": project.pk})).status_code == 403
