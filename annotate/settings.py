@@ -156,6 +156,11 @@ UNDO_WINDOW_SECONDS = env.int("UNDO_WINDOW_SECONDS", default=120)
 WORKSPACE_IDLE_SECONDS = env.int("WORKSPACE_IDLE_SECONDS", default=30)  # idle gap after which the clock pauses
 CONSENSUS_REFRESH_EVERY = env.int("CONSENSUS_REFRESH_EVERY", default=200)  # full Dawid-Skene every N annotations
 
+# --- the manager dashboard -------------------------------------------------------------
+REVIEW_ASSUMED_SECONDS = env.int("REVIEW_ASSUMED_SECONDS", default=60)  # a review's cost at an hourly rate
+DASHBOARD_DEFAULT_TARGET_ACCURACY = env.float("DASHBOARD_DEFAULT_TARGET_ACCURACY", default=0.9)
+DASHBOARD_CACHE_SECONDS = env.int("DASHBOARD_CACHE_SECONDS", default=60)  # heavy aggregates, per project
+
 # --- REST framework -------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
