@@ -222,15 +222,18 @@ class AnnotatorQuality:
 class QualitySummary:
     agreement_available: bool
     agreement_reason: str
+    agreement: dict[str, Any] | None  # project-level statistics with bootstrap CIs (consensus job)
     annotators: list[AnnotatorQuality]
     gold_items: int
     consensus_items: int
     human_level_error: float | None
     human_level_reason: str
     human_level_min_gold: int  # gold answers an annotator needs to count for human-level error
+    human_level_basis: str  # "gold" or "dawid_skene" (estimated from the annotators' agreement)
     panel_error: float | None
     panel_n: int  # gold items with a (non-gold) consensus label
     panel_reason: str
+    panel_basis: str  # "gold" or "dawid_skene"
     model_error: float | None
     model_reason: str
 
@@ -878,34 +881,70 @@ def project_quality(
     consensus_items = sum(r["n_consensus"] for r in items)
 
     eligible = [a.vs_gold_accuracy for a in annotators if a.vs_gold_n >= MIN_GOLD_FOR_HUMAN_LEVEL]
+    # Without gold, the last Dawid–Skene run estimates each reader's accuracy and the panel's
+    # error from how the readers agree (DESIGN: "the best annotator's estimated error").
+    ds = _consensus_result(project_id=pid)
+    estimated = (
+        [a["accuracy"] for a in ds.get("annotators", []) if a.get("n", 0) >= MIN_ANSWERS_FOR_ESTIMATE]
+        if ds.get("method") == "dawid_skene"
+        else []
+    )
+    human_basis = panel_basis = "gold"
     if eligible:
         human, human_reason = 1.0 - max(a for a in eligible if a is not None), ""
+    elif estimated:
+        human, human_reason, human_basis = 1.0 - max(estimated), "", "dawid_skene"
     elif gold_items:
         human, human_reason = None, f"not yet available: no annotator has {MIN_GOLD_FOR_HUMAN_LEVEL} gold answers"
     else:
-        human, human_reason = None, "not yet available: the project has no gold items"
+        human, human_reason = None, "not yet available: no gold items and no Dawid–Skene run with enough overlap"
 
     panel = {"n": sum(r["panel_n"] for r in items), "ok": sum(r["panel_ok"] for r in items)}
     if panel["n"]:
         panel_error, panel_reason = 1.0 - panel["ok"] / panel["n"], ""
+    elif ds.get("method") == "dawid_skene" and ds.get("panel_error") is not None:
+        panel_error, panel_reason, panel_basis = float(ds["panel_error"]), "", "dawid_skene"
+        panel["n"] = int(ds.get("n_items", 0))
     else:
         panel_error, panel_reason = None, "not yet available: no consensus label on a gold item"
 
+    agreement = (ds.get("agreement") or {}).get("project")
     return QualitySummary(
-        agreement_available=False,
-        agreement_reason="not yet available: agreement statistics (kappa, alpha) come with the consensus service",
+        agreement_available=agreement is not None,
+        agreement_reason=""
+        if agreement
+        else "not yet available: no consensus recompute has run (it runs every "
+        f"{getattr(settings, 'CONSENSUS_REFRESH_EVERY', 200)} annotations, or on request)",
+        agreement=agreement,
         annotators=annotators,
         gold_items=gold_items,
         consensus_items=consensus_items,
         human_level_error=human,
         human_level_reason=human_reason,
         human_level_min_gold=MIN_GOLD_FOR_HUMAN_LEVEL,
+        human_level_basis=human_basis,
         panel_error=panel_error,
         panel_n=panel["n"],
         panel_reason=panel_reason,
+        panel_basis=panel_basis,
         model_error=1.0 - model_accuracy if model_accuracy is not None else None,
         model_reason="" if model_accuracy is not None else "not yet available: no active model with an accuracy",
     )
+
+
+# A reader needs this many answers before a Dawid–Skene accuracy estimate counts as human level.
+MIN_ANSWERS_FOR_ESTIMATE = 20
+
+
+def _consensus_result(*, project_id: int) -> dict[str, Any]:
+    """The summary the last successful consensus recompute stored on its job ({} if none)."""
+    job = (
+        MLJob.objects.filter(project_id=project_id, kind=MLJob.Kind.CONSENSUS, status=MLJob.Status.SUCCEEDED)
+        .order_by("-finished_at")
+        .only("result")
+        .first()
+    )
+    return job.result if job else {}
 
 
 # --- jobs ---------------------------------------------------------------------------------

@@ -317,6 +317,11 @@ def consensus_recompute(*, project_id: int, n_boot: int = 200, seed: int = 0) ->
         for j, a in enumerate(maps.annotators)
     ]
     report = agreement_report(table, n_boot=n_boot, rng=np.random.default_rng(seed))
+    # The core speaks in indices; the dashboard needs annotator and class ids.
+    for pair in report["pairwise"]:
+        pair["a"], pair["b"] = int(maps.annotators[pair["a"]]), int(maps.annotators[pair["b"]])
+    for row in report["per_class"]:
+        row["class"] = int(class_ids[row["class"]])
     return {
         "method": method,
         "n_answers": table.n_answers,

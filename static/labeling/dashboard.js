@@ -228,8 +228,10 @@
     const q = d.quality;
     document.getElementById("errors-row").replaceChildren(
       errBox("Human-level error", q.human_level_error, q.human_level_reason,
-        `best annotator vs gold (≥ ${q.human_level_min_gold} gold answers)`),
-      errBox("Panel (consensus) error", q.panel_error, q.panel_reason, `consensus vs gold on ${q.panel_n} items`),
+        q.human_level_basis === "gold" ? `best annotator vs gold (≥ ${q.human_level_min_gold} gold answers)`
+          : "best annotator, estimated by Dawid–Skene"),
+      errBox("Panel (consensus) error", q.panel_error, q.panel_reason,
+        q.panel_basis === "gold" ? `consensus vs gold on ${q.panel_n} items` : `estimated by Dawid–Skene on ${q.panel_n} items`),
       errBox("Model error", q.model_error, q.model_reason, "1 − evaluation-set accuracy"));
     const tbody = document.querySelector("#table-quality tbody");
     tbody.replaceChildren();
@@ -240,7 +242,17 @@
         el("td", { class: "num" }, a.vs_consensus_accuracy === null ? "n/a" : pct(a.vs_consensus_accuracy)),
         el("td", { class: "num" }, a.vs_consensus_n)));
     }
-    setText("agreement-note", (q.agreement_available ? "" : "Agreement (kappa, alpha): " + q.agreement_reason + ". ") +
+    const stat = (name, key) => {
+      const v = q.agreement && q.agreement[key];
+      if (!v || v.value === null) return `${name} n/a`;
+      const ci = v.ci_low === null ? "" : ` [${nf(2).format(v.ci_low)}, ${nf(2).format(v.ci_high)}]`;
+      return `${name} ${nf(2).format(v.value)}${ci}`;
+    };
+    const agreement = q.agreement_available
+      ? "Agreement (95% bootstrap CI): " + [stat("Fleiss' κ", "fleiss_kappa"), stat("Krippendorff's α", "krippendorff_alpha"),
+        stat("mean Cohen's κ", "cohen_kappa_mean"), stat("percent agreement", "percent_agreement")].join(" · ") + ". "
+      : "Agreement (kappa, alpha): " + q.agreement_reason + ". ";
+    setText("agreement-note", agreement +
       `${nf(0).format(q.gold_items)} gold items, ${nf(0).format(q.consensus_items)} consensus labels.`);
   }
 

@@ -151,6 +151,34 @@ def test_full_recompute_uses_dawid_skene_with_enough_overlap(db):  # type: ignor
     assert MLJob.objects.filter(project=project, kind=MLJob.Kind.CONSENSUS).count() == 0  # below the auto cadence
 
 
+def test_dashboard_quality_uses_dawid_skene_estimates_without_gold(db, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+    from labeling.selectors.dashboard import project_quality
+    from labeling.services.consensus import consensus_refresh_request
+
+    project, _, readers = project_with_members(overlap=3, n_annotators=3, classes=["cat", "dog"])
+    cat, dog = _label(project, "cat"), _label(project, "dog")
+    truth = {ItemFactory(project=project, wanted=3).pk: (cat if i % 3 else dog) for i in range(30)}
+    for _ in truth:
+        for n, user in enumerate(readers):
+            lease = lease_next(project=project, user=user)
+            assert lease is not None
+            right = truth[lease.item_id]
+            label = right if n < 2 or lease.item_id % 4 else (dog if right == cat else cat)  # reader 3 errs 1 in 4
+            annotation_submit(user=user, lease_id=lease.pk, label_id=label, client_id=uuid.uuid4(), duration_ms=500)
+    before = project_quality(project=project, model_accuracy=None)
+    assert before.human_level_error is None and not before.agreement_available
+    with django_capture_on_commit_callbacks(execute=True):
+        job = consensus_refresh_request(project=project)
+    job.refresh_from_db()
+    assert job.status == MLJob.Status.SUCCEEDED, job.error
+    after = project_quality(project=project, model_accuracy=0.8)
+    assert after.human_level_basis == "dawid_skene" and after.human_level_error is not None
+    assert after.human_level_error < 0.1  # two readers are perfect
+    assert after.panel_basis == "dawid_skene" and after.panel_error is not None and after.panel_error < 0.1
+    assert after.agreement_available and after.agreement["fleiss_kappa"]["value"] > 0.5
+    assert after.model_error == pytest.approx(0.2)
+
+
 def test_manager_requests_a_recompute_through_the_job(disputed, django_capture_on_commit_callbacks, api_client):  # type: ignore[no-untyped-def]
     """POST consensus/refresh -> an MLJob run by the (eager, in tests) task -> quality summary."""
     project, manager, (a1, a2, a3, _a4), _, item = disputed
