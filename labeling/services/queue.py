@@ -22,8 +22,8 @@ lease row second, so paths cannot deadlock on each other:
   (say ``count(leases) < wanted``) would *not* be re-evaluated against new rows; that is why
   capacity lives in the item row and why every lease, submit, skip, release, expiry and undo
   updates that row in the same transaction.
-* A per-user row lock (``auth_user … FOR NO KEY UPDATE``, see ``_begin_lease_transaction``) serialises one annotator's own
-  ``next`` calls, so a double reload cannot lease two items where one was meant, and the
+* A per-user row lock (``auth_user … FOR NO KEY UPDATE``, see ``_begin_lease_transaction``)
+  serialises one annotator's own ``next`` calls, so a double reload cannot lease two items where one was meant, and the
   hoarding cap (``QUEUE_MAX_ACTIVE_LEASES``) cannot be raced. Different annotators never
   wait on each other there, and the lock does not conflict with the FOR KEY SHARE locks that
   foreign keys take.
