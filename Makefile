@@ -50,7 +50,7 @@ format: install-dev
 	$(VENV)/bin/ruff format .
 
 bench-queue: install-dev
-	$(PY) bench/queue.py
+	$(PY) bench/queue_bench.py
 
 bench-al: install-dev
 	$(PY) bench/active_learning.py

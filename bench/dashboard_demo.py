@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-# bench/queue.py would shadow the standard library's queue module for a script run from bench/.
+# bench/queue_bench.py would shadow the standard library's queue module for a script run from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "annotate.settings")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/queue.py would shadow the standard library's queue module for a script run from bench/.
+# bench/queue_bench.py would shadow the standard library's queue module for a script run from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from playwright.sync_api import sync_playwright  # noqa: E402
