@@ -155,6 +155,8 @@ CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 UNDO_WINDOW_SECONDS = env.int("UNDO_WINDOW_SECONDS", default=120)
 WORKSPACE_IDLE_SECONDS = env.int("WORKSPACE_IDLE_SECONDS", default=30)  # idle gap after which the clock pauses
 CONSENSUS_REFRESH_EVERY = env.int("CONSENSUS_REFRESH_EVERY", default=200)  # full Dawid-Skene every N annotations
+# The submit path checks the consensus/retrain cadence at most this often per project.
+CADENCE_DEBOUNCE_SECONDS = env.int("CADENCE_DEBOUNCE_SECONDS", default=10)
 
 # --- the manager dashboard -------------------------------------------------------------
 REVIEW_ASSUMED_SECONDS = env.int("REVIEW_ASSUMED_SECONDS", default=60)  # a review's cost at an hourly rate
@@ -219,6 +221,8 @@ CELERY_BEAT_SCHEDULE = {
     "reclaim-expired-leases": {"task": "labeling.reclaim_expired_leases", "schedule": 60.0},
     # Jobs the broker could not take (Redis down) and jobs whose worker died: enqueue them again.
     "ml-jobs-reconcile": {"task": "mltasks.reconcile_jobs", "schedule": 60.0},
+    # The trailing edge of the consensus/retrain cadence (the submit path debounces it).
+    "cadence-check": {"task": "labeling.cadence_check", "schedule": 60.0},
 }
 
 # --- ML -------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ What it does:
 Client and server share the machine, so client-side figures include the client's own CPU
 time and queueing; the server-side column is gunicorn's request time.
 
-    .venv/bin/python bench/queue.py                          # 100k items, K = 1, 8, 32
-    .venv/bin/python bench/queue.py --items 1000000 --reuse  # 1M items
+    .venv/bin/python bench/queue_bench.py                          # 100k items, K = 1, 8, 32
+    .venv/bin/python bench/queue_bench.py --items 1000000 --reuse  # 1M items
 """
 
 from __future__ import annotations

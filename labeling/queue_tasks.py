@@ -21,3 +21,15 @@ def reclaim_expired_leases() -> int:
     from labeling.services.queue import leases_reclaim_expired
 
     return leases_reclaim_expired()
+
+
+@shared_task(name="labeling.cadence_check", acks_late=True, ignore_result=True, soft_time_limit=50, time_limit=60)
+def cadence_check() -> int:
+    """Run the consensus-refresh and retrain cadence for recently active projects (beat: 60 s).
+
+    The submit path checks the cadence at most every few seconds per project; this catches
+    the last labels of a burst. Idempotent: equal jobs are never queued twice.
+    """
+    from labeling.services.consensus import cadence_check_recent
+
+    return cadence_check_recent()

@@ -44,6 +44,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 def _private_media(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.ML_ARTIFACT_ROOT = tmp_path / "ml"
+    from django.core.cache import cache
+
+    cache.clear()  # throttles, debounces and dashboard caches start empty in every test
 
 
 def png_bytes(

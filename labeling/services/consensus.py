@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -201,7 +203,24 @@ def _update_project_items(project_id: int, item_ids: list[int]) -> int:
 
 
 def _after_consensus(project: Project) -> None:
-    """Cadence hooks: the full Dawid–Skene refresh and retraining, each queued at most once."""
+    """Cadence hooks: the full Dawid–Skene refresh and retraining, each queued at most once.
+
+    Their checks count over the whole project, too much for every submit of a busy project:
+    they run at most once per ``CADENCE_DEBOUNCE_SECONDS`` per project (a cache key), and
+    the periodic ``labeling.cadence_check`` catches the last labels of a burst.
+    """
+    if not cache.add(f"annotate:cadence:{project.pk}", 1, timeout=_debounce_seconds()):
+        return
+    cadence_check(project=project)
+
+
+def _debounce_seconds() -> int:
+    return int(getattr(settings, "CADENCE_DEBOUNCE_SECONDS", 10))
+
+
+def cadence_check(*, project: Project) -> None:
+    """Queue a full consensus refresh every CONSENSUS_REFRESH_EVERY annotations, and let the
+    training cadence decide about a retrain. Idempotent: job fingerprints make repeats no-ops."""
     from labeling.services.ml_jobs import ml_job_create, training_maybe_schedule
 
     n_live = Annotation.objects.filter(item__project_id=project.pk, retracted_at__isnull=True).count()
@@ -211,6 +230,17 @@ def _after_consensus(project: Project) -> None:
             project=project, kind=MLJob.Kind.CONSENSUS, input_fingerprint=f"auto:{bucket}", retry_failed=False
         )
     training_maybe_schedule(project=project)
+
+
+def cadence_check_recent(*, within_seconds: int = 180) -> int:
+    """Periodic: run the cadence check for every project with annotations in the last minutes."""
+    since = timezone.now() - timedelta(seconds=within_seconds)
+    project_ids = set(
+        Annotation.objects.filter(submitted_at__gte=since).values_list("item__project_id", flat=True).distinct()
+    )
+    for project in Project.objects.filter(pk__in=project_ids):
+        cadence_check(project=project)
+    return len(project_ids)
 
 
 def consensus_refresh_request(*, project: Project) -> MLJob:

@@ -198,3 +198,21 @@ def test_manager_requests_a_recompute_through_the_job(disputed, django_capture_o
     assert {a["annotator_id"] for a in quality["annotators"]} == {a1.pk, a2.pk, a3.pk}
     api_client.force_authenticate(a1)
     assert api_client.get(reverse("quality", kwargs={"project_id": project.pk})).status_code == 403
+
+
+def test_cadence_is_debounced_on_submit_and_caught_by_the_periodic_check(  # type: ignore[no-untyped-def]
+    disputed, django_capture_on_commit_callbacks, settings
+):
+    from labeling.services.consensus import cadence_check_recent
+
+    settings.CONSENSUS_REFRESH_EVERY = 2
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # keep the queued job pending: we look at the row
+    project, _, (a1, a2, a3, _a4), _, _item = disputed
+    cat = _label(project, "cat")
+    _annotate(project, a1, cat, django_capture_on_commit_callbacks)  # first check: 1 annotation, nothing due
+    _annotate(project, a2, cat, django_capture_on_commit_callbacks)  # 2 due, but debounced
+    jobs = MLJob.objects.filter(project=project, kind=MLJob.Kind.CONSENSUS)
+    assert not jobs.exists()
+    with django_capture_on_commit_callbacks(execute=False):
+        assert cadence_check_recent() >= 1
+    assert list(jobs.values_list("input_fingerprint", flat=True)) == ["auto:1"]
