@@ -33,7 +33,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, Python puts bench/ first on sys.path, where sibling benchmarks (bench/queue_bench.py) would shadow the
+# standard library: import from the repository root instead.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+sys.path.insert(0, str(_BENCH.parent))
 
 from bench.common import OUT, cpu_setup, embed_cached  # noqa: E402
 
