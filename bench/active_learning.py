@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-# Run as a script, Python puts bench/ first on sys.path, where sibling benchmarks (bench/queue_bench.py) would shadow the
+# Run as a script, Python puts bench/ first on sys.path, where a sibling benchmark module could shadow the
 # standard library: import from the repository root instead.
 _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
