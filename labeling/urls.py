@@ -6,4 +6,5 @@ urlpatterns = [
     path("", include("labeling.views.workspace")),
     path("", include("labeling.views.media")),
     path("", include("labeling.views.dashboard")),
+    path("", include("labeling.views.manage")),
 ]
