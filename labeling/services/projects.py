@@ -22,7 +22,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Case, F, Max, Value, When
+from django.db.models.functions import Greatest, Least
+from django.db.models.lookups import GreaterThanOrEqual
 
 from labeling.errors import ConflictError, PermissionDeniedError
 from labeling.models import Annotation, Item, LabelClass, Membership, Project, Review
@@ -164,7 +166,8 @@ def project_update(*, project: Project, actor: AbstractBaseUser, **fields: Any) 
 
     The combined result is validated (e.g. lowering ``overlap`` below ``max_overlap`` is
     fine, raising it above is not unless ``max_overlap`` rises too). ``eval_fraction``
-    applies to items imported afterwards; items keep the split they were given.
+    applies to items imported afterwards; items keep the split they were given. A new
+    ``overlap`` reaches the items still in the queue (their ``wanted`` moves by the same amount).
 
     Raises ValidationError.
     """
@@ -175,11 +178,48 @@ def project_update(*, project: Project, actor: AbstractBaseUser, **fields: Any) 
     values = {field: getattr(project, field) for field in PROJECT_SETTINGS}
     values.update(fields)
     _check_project_numbers(values)
+    old_overlap = project.overlap
     for field, value in fields.items():
         setattr(project, field, value)
     if fields:
         project.save(update_fields=list(fields))
+    if project.overlap != old_overlap:
+        _items_shift_wanted(project, project.overlap - old_overlap)
     return project
+
+
+def _items_shift_wanted(project: Project, delta: int) -> int:
+    """Carry an overlap change to the items still in the queue, in one UPDATE.
+
+    ``wanted`` moves by the same amount (extra annotations that adaptive overlap added stay
+    added), within [1, max_overlap], never below what an item already has; the status is
+    re-derived from the counters as the queue does. Items under or after review keep theirs.
+    Items that the change completes get their consensus computed.
+    """
+    wanted = Greatest(Least(F("wanted") + delta, project.max_overlap), 1)
+    queue_statuses = (Item.Status.OPEN, Item.Status.FULL, Item.Status.DONE)
+    items = Item.objects.filter(project=project, status__in=queue_statuses)
+    completed = []
+    if delta < 0:
+        completed = list(
+            items.exclude(status=Item.Status.DONE)
+            .annotate(new_wanted=wanted)
+            .filter(annotation_count__gte=F("new_wanted"))
+            .values_list("id", flat=True)
+        )
+    changed = items.update(
+        wanted=wanted,
+        status=Case(
+            When(annotation_count__gte=wanted, then=Value(Item.Status.DONE)),
+            When(GreaterThanOrEqual(F("annotation_count") + F("lease_count"), wanted), then=Value(Item.Status.FULL)),
+            default=Value(Item.Status.OPEN),
+        ),
+    )
+    if completed:
+        from labeling.services.consensus import consensus_update_items
+
+        transaction.on_commit(lambda: consensus_update_items(item_ids=completed))
+    return changed
 
 
 def project_delete(*, project: Project, actor: AbstractBaseUser) -> None:
