@@ -5,7 +5,7 @@
 #   worker-cpu  Celery worker for the "cpu" queue (and "gpu" too when no GPU worker runs)
 #   worker-gpu  Celery worker for the "gpu" queue: one job at a time, recycled every 50 tasks
 #   beat        Celery beat (periodic jobs, e.g. reclaiming expired leases); run exactly one
-#   healthcheck exit 0 when the web server answers
+#   healthcheck exit 0 when /healthz answers 200 (web up, database reachable)
 # Anything else is executed as given (e.g. `python manage.py createsuperuser`).
 set -eu
 
@@ -56,15 +56,15 @@ case "$role" in
       "$@"
     ;;
   healthcheck)
-    # Any HTTP answer below 500 means gunicorn and Django are up. The Host header is the
-    # first allowed host and the request claims HTTPS, so neither ALLOWED_HOSTS nor the
-    # HTTPS redirect turns a healthy server into a failed check.
+    # /healthz answers 200 while Django is up and the database answers (503 otherwise). The
+    # Host header is the first allowed host and the request claims HTTPS, so neither
+    # ALLOWED_HOSTS nor the HTTPS redirect turns a healthy server into a failed check.
     exec python - <<'EOF'
 import http.client, os, sys
 host = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost").split(",")[0].strip().lstrip(".") or "localhost"
 conn = http.client.HTTPConnection("127.0.0.1", int(os.environ.get("PORT", "8000")), timeout=5)
-conn.request("GET", "/accounts/login/", headers={"Host": host, "X-Forwarded-Proto": "https"})
-sys.exit(0 if conn.getresponse().status < 500 else 1)
+conn.request("GET", "/healthz", headers={"Host": host, "X-Forwarded-Proto": "https"})
+sys.exit(0 if conn.getresponse().status == 200 else 1)
 EOF
     ;;
   *)

@@ -7,4 +7,5 @@ urlpatterns = [
     path("", include("labeling.views.media")),
     path("", include("labeling.views.dashboard")),
     path("", include("labeling.views.manage")),
+    path("", include("labeling.views.health")),
 ]
