@@ -4,6 +4,9 @@ Access: importing, listing and reading items needs ``manager`` (``reviewer`` may
 and read); annotators get 403 ``role_required``; non-members 404. Annotators see items
 through the queue, not here.
 
+Import takes multipart files, a zip, JSON ``references`` (server paths) or JSON ``urls``
+(fetched by the server through the SSRF guard in ``labeling.services.fetch``).
+
 Import answers 201 with the report when the import was small enough to run in the
 request, else 202 with an ImportJob to poll at ``/api/v1/import-jobs/{id}/``.
 """
@@ -43,7 +46,8 @@ class ImportReportSerializer(serializers.Serializer):
         reason = serializers.CharField(help_text="Why it was refused, for people.")
         code = serializers.CharField(
             help_text="Why it was refused, for programs: not_image, unsupported_format, corrupt, decompression_bomb, "
-            "file_too_large, unsafe_path, symlink, unreadable, path_not_allowed, not_found."
+            "file_too_large, unsafe_path, symlink, unreadable, path_not_allowed, not_found, url_not_allowed, "
+            "address_not_allowed, fetch_failed."
         )
 
         class Meta:
@@ -149,10 +153,24 @@ class ItemCollectionApi(APIView):
                 except ValueError as exc:
                     raise serializers.ValidationError(str(exc))
 
-        references = ReferenceSerializer(many=True, allow_empty=False, help_text="Server paths to import.")
+        references = ReferenceSerializer(
+            many=True, required=False, allow_empty=False, help_text="Server paths to import."
+        )
+        urls = serializers.ListField(
+            child=serializers.CharField(max_length=4096, trim_whitespace=True),
+            required=False,
+            allow_empty=False,
+            help_text="http(s) URLs the server fetches (SSRF-guarded: public addresses only unless "
+            "IMPORT_URL_ALLOWED_NETWORKS allows more). Each is reported like a file.",
+        )
 
         class Meta:
             ref_name = "ItemImportReferencesInput"
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if ("references" in attrs) == ("urls" in attrs):
+                raise serializers.ValidationError("Send exactly one of: references, urls.")
+            return attrs
 
     @extend_schema(
         operation_id="item_list",
@@ -191,9 +209,13 @@ class ItemCollectionApi(APIView):
         else:
             payload = self.ReferencesInputSerializer(data=request.data)
             payload.is_valid(raise_exception=True)
-            result = items_import_request(
-                project=project, actor=request.user, references=[dict(r) for r in payload.validated_data["references"]]
-            )
+            data = payload.validated_data
+            if "urls" in data:
+                result = items_import_request(project=project, actor=request.user, urls=list(data["urls"]))
+            else:
+                result = items_import_request(
+                    project=project, actor=request.user, references=[dict(r) for r in data["references"]]
+                )
         if isinstance(result, ImportReport):
             return Response(ImportReportSerializer(result.as_dict()).data, status=status.HTTP_201_CREATED)
         return Response(ImportJobOutputSerializer(result).data, status=status.HTTP_202_ACCEPTED)

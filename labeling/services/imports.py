@@ -78,6 +78,9 @@ class RejectCode(StrEnum):
     UNREADABLE = "unreadable"
     PATH_NOT_ALLOWED = "path_not_allowed"
     NOT_FOUND = "not_found"
+    URL_NOT_ALLOWED = "url_not_allowed"
+    ADDRESS_NOT_ALLOWED = "address_not_allowed"
+    FETCH_FAILED = "fetch_failed"
 
 
 @dataclass(frozen=True)
@@ -388,6 +391,9 @@ def candidate_load(candidate: ImportCandidate) -> LoadedFile | Rejection:
     try:
         data = candidate.read(limit + 1)
     except OSError as exc:
+        rejection = getattr(exc, "rejection", None)  # fetch.FetchRefused: the guard's own reason
+        if isinstance(rejection, Rejection):
+            return rejection
         return Rejection(RejectCode.UNREADABLE, f"Could not read: {exc.strerror or exc}")
     if len(data) > limit:
         return Rejection(RejectCode.FILE_TOO_LARGE, f"File is over the limit of {limit} bytes.")

@@ -36,6 +36,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from labeling.errors import ApplicationError, ImportRejectedError, ImportTooLargeError, NotFoundError, TransientJobError
 from labeling.models import ImportJob, Item, Project
+from labeling.services.fetch import candidates_from_urls, url_display
 from labeling.services.imports import (
     ImageInfo,
     ImportCandidate,
@@ -244,6 +245,14 @@ def items_import_references(
     return items_import(project=project, candidates=candidates, total=len(candidates), on_progress=on_progress)
 
 
+def items_import_urls(
+    *, project: Project, urls: Sequence[str], on_progress: ProgressCallback | None = None
+) -> ImportReport:
+    """Import http(s) URLs, each fetched through the SSRF guard of labeling.services.fetch."""
+    candidates = candidates_from_urls(urls)
+    return items_import(project=project, candidates=candidates, total=len(candidates), on_progress=on_progress)
+
+
 def settings_import_roots_configured() -> bool:
     return any(settings.IMPORT_ROOTS)
 
@@ -258,8 +267,12 @@ def items_import_request(
     files: Sequence[UploadedFile] | None = None,
     zip_file: UploadedFile | None = None,
     references: Sequence[dict[str, Any]] | None = None,
+    urls: Sequence[str] | None = None,
 ) -> ImportReport | ImportJob:
-    """Import what an API request carries: exactly one of ``files``, ``zip_file``, ``references``.
+    """Import what an API request carries: exactly one of ``files``, ``zip_file``, ``references``, ``urls``.
+
+    URLs are fetched in the request when there are at most IMPORT_URL_SYNC_MAX of them,
+    else by an ImportJob (the worker fetches them, through the same guard).
 
     Small imports (at most IMPORT_SYNC_MAX_FILES files and IMPORT_SYNC_MAX_BYTES bytes, no
     folder reference) run now and return the ImportReport. Larger ones are staged in
@@ -267,8 +280,8 @@ def items_import_request(
     is enqueued after commit. Raises ImportRejectedError / ImportTooLargeError for a zip
     that is not one or is over the limits, and when no import roots are configured.
     """
-    if sum(x is not None for x in (files, zip_file, references)) != 1:
-        raise ImportRejectedError("Send exactly one of: files, zip, references.", code="invalid_import")
+    if sum(x is not None for x in (files, zip_file, references, urls)) != 1:
+        raise ImportRejectedError("Send exactly one of: files, zip, references, urls.", code="invalid_import")
     max_files, max_bytes = import_setting("IMPORT_SYNC_MAX_FILES"), import_setting("IMPORT_SYNC_MAX_BYTES")
 
     if files is not None:
@@ -284,6 +297,20 @@ def items_import_request(
         if len(entries) <= max_files and sum(i.file_size for i in entries) <= max_bytes:
             return items_import_zip(project=project, fileobj=zip_file)
         return _import_job_stage_zip(project=project, actor=actor, zip_file=zip_file, total=len(entries))
+
+    if urls is not None:
+        if len(urls) > import_setting("IMPORT_MAX_REFERENCES"):
+            raise ImportTooLargeError("Too many URLs in one request.", code="too_many_files")
+        if len(urls) <= int(getattr(settings, "IMPORT_URL_SYNC_MAX", 5)):
+            return items_import_urls(project=project, urls=urls)
+        more = f" (+{len(urls) - 1} more)" if len(urls) > 1 else ""
+        return _import_job_create(
+            project=project,
+            actor=actor,
+            manifest={"kind": "urls", "urls": list(urls)},
+            source=f"urls: {url_display(urls[0])}{more}"[:500],
+            total=len(urls),
+        )
 
     assert references is not None  # noqa: S101 - exactly one source, checked above
     if not settings_import_roots_configured():
@@ -472,6 +499,8 @@ def _import_job_execute(project: Project, manifest: dict[str, Any], progress: Pr
         return items_import(project=project, candidates=candidates, total=len(candidates), on_progress=progress)
     if kind == "references":
         return items_import_references(project=project, references=manifest["references"], on_progress=progress)
+    if kind == "urls":
+        return items_import_urls(project=project, urls=manifest["urls"], on_progress=progress)
     raise ImportRejectedError(f"Unknown import kind {kind!r}.", code="invalid_import")
 
 
