@@ -5,7 +5,7 @@ Run from the repository root:
     .venv/bin/python bench/consensus.py                # everything (a few minutes on 2 cores)
     .venv/bin/python bench/consensus.py --quick        # 10k/100k simulated items only, 3 timing runs
 
-Prints plain-text tables; docs/bench-consensus.md holds a copy of the output.
+Prints plain-text tables; docs/benchmarks.md holds a copy of the output.
 """
 
 from __future__ import annotations
