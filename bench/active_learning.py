@@ -41,17 +41,44 @@ sys.path.insert(0, str(_BENCH.parent))
 
 from bench.common import OUT, cpu_setup, embed_cached  # noqa: E402
 
-DEFAULT_STRATEGIES = ("random", "margin", "least_confidence", "entropy", "bald", "badge", "kcenter", "typiclust")
+DEFAULT_STRATEGIES = (
+    "random",
+    "hybrid",
+    "margin",
+    "cluster_margin",
+    "least_confidence",
+    "entropy",
+    "bald",
+    "badge",
+    "kcenter",
+    "typiclust",
+)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--folder", type=Path, help="ImageFolder-style root/<class>/<images> instead of Animal-MNIST")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--batch", type=int, default=20, help="labels per round")
-    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--budget", type=int, default=1280, help="labels at the last round")
+    p.add_argument(
+        "--growth",
+        type=float,
+        default=2**0.5,
+        help="labels grow by this factor per round (1 label/class x growth^r, rounded, up to --budget)",
+    )
+    p.add_argument("--batch", type=int, help="fixed labels per round instead of --growth")
     p.add_argument("--test-fraction", type=float, default=0.25)
-    p.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES))
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        default=list(DEFAULT_STRATEGIES),
+        help="registry names, or name:field=value,... for a variant (e.g. hybrid:min_per_class=3)",
+    )
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="design mode: carve a validation split out of the pool and report on it; the test split is unused",
+    )
     p.add_argument("--mc-samples", type=int, default=20)
     p.add_argument("--scale-n", type=int, default=1_000_000, help="pool size of the selection-cost benchmark")
     p.add_argument("--skip-scale", action="store_true", help="skip the 1M / 100k / throughput measurements")
@@ -113,24 +140,61 @@ def test_metrics(result: Any, x_test: np.ndarray, y_test: np.ndarray) -> dict[st
     }
 
 
+def strategy_get(spec: str) -> Any:
+    """A registry strategy, or a variant ``name:field=value,...`` (numbers only), e.g. hybrid:min_per_class=3."""
+    import dataclasses
+
+    from mltasks.core.acquisition import strategy_get as registry_get
+
+    name, _, fields = spec.partition(":")
+    strat = registry_get(name)
+    if not fields:
+        return strat
+    changes: dict[str, Any] = {}
+    for item in fields.split(","):
+        key, _, value = item.partition("=")
+        changes[key] = float(value) if "." in value else int(value)
+    return dataclasses.replace(strat, **changes)
+
+
+def schedule(start: int, budget: int, growth: float | None, batch: int | None) -> list[int]:
+    """Labeled-set sizes after each round: start, ..., budget (geometric with ``growth``, or + ``batch``)."""
+    sizes = [start]
+    while sizes[-1] < budget:
+        nxt = sizes[-1] + batch if batch else round(start * growth ** len(sizes)) if growth else budget
+        sizes.append(min(budget, max(nxt, sizes[-1] + 1)))
+    return sizes
+
+
 def select_round(
-    strategy: str, k: int, result: Any, x_pool: np.ndarray, x_lab: np.ndarray, mc_samples: int, rng: np.random.Generator
+    strategy: str,
+    k: int,
+    result: Any,
+    x_pool: np.ndarray,
+    x_lab: np.ndarray,
+    y_lab: np.ndarray,
+    mc_samples: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    from mltasks.core.acquisition import REGISTRY, select
+    from mltasks.core.acquisition import PoolInputs
     from mltasks.core.heads import mc_dropout_proba, penultimate_features, predict_proba
 
-    needs = REGISTRY[strategy].needs
-    kwargs: dict[str, Any] = {}
-    if "probs" in needs or strategy == "random":
-        kwargs["probs"] = predict_proba(result, x_pool)
-    if strategy == "badge":
-        kwargs["embeddings"] = penultimate_features(result, x_pool)  # the last layer's input (BADGE's x)
+    strat = strategy_get(strategy)
+    needs = strat.needs
+    inputs: dict[str, Any] = {
+        "labeled_embeddings": x_lab,
+        "labeled_counts": np.bincount(y_lab, minlength=result.n_classes),
+    }
+    if "probs" in needs or strat.name == "random":
+        inputs["probs"] = predict_proba(result, x_pool)
+    if strat.name == "badge":
+        inputs["embeddings"] = penultimate_features(result, x_pool)  # the last layer's input (BADGE's x)
     elif "embeddings" in needs:
-        kwargs["embeddings"] = x_pool
-        kwargs["labeled_embeddings"] = x_lab
+        inputs["embeddings"] = x_pool
     if "mc_probs" in needs:
-        kwargs["mc_probs"] = mc_dropout_proba(result, x_pool, T=mc_samples, seed=int(rng.integers(2**31)))
-    return select(strategy, k, rng=rng, **kwargs)
+        inputs["mc_probs"] = mc_dropout_proba(result, x_pool, T=mc_samples, seed=int(rng.integers(2**31)))
+    picks: np.ndarray = strat.select(k, PoolInputs(**inputs), rng=rng)
+    return picks
 
 
 def run_curve(
@@ -142,25 +206,26 @@ def run_curve(
     test: np.ndarray,
     n_classes: int,
     *,
-    batch: int,
-    rounds: int,
+    sizes: list[int],
     seed: int,
     mc_samples: int,
 ) -> list[dict[str, float]]:
     rng = np.random.default_rng(10_000 + seed)
     labeled = list(seed_set)
-    unlabeled_mask = np.ones(x.shape[0], dtype=bool)
-    unlabeled_mask[test] = False
+    unlabeled_mask = np.zeros(x.shape[0], dtype=bool)
+    unlabeled_mask[pool] = True
     unlabeled_mask[labeled] = False
     rows = []
-    for r in range(rounds + 1):
+    for r, size in enumerate(sizes):
         lab = np.asarray(labeled)
+        assert lab.size == size
         result = train_and_score(x[lab], y[lab], n_classes, seed)
         rows.append({"round": r, "n_labels": lab.size, **test_metrics(result, x[test], y[test])})
-        if r == rounds:
+        if r == len(sizes) - 1:
             break
         pool_idx = np.flatnonzero(unlabeled_mask)
-        picks = pool_idx[select_round(strategy, batch, result, x[pool_idx], x[lab], mc_samples, rng)]
+        k = sizes[r + 1] - size
+        picks = pool_idx[select_round(strategy, k, result, x[pool_idx], x[lab], y[lab], mc_samples, rng)]
         unlabeled_mask[picks] = False
         labeled.extend(int(i) for i in picks)
     return rows
@@ -317,6 +382,7 @@ def scale_retrain(n: int = 100_000, d: int = 1280, c: int = 10, n_labels: int = 
 def main() -> None:
     args = parse_args()
     cpu_setup(args.threads)
+    from mltasks.core.acquisition import DEFAULT_STRATEGY, select
     from mltasks.core.heads import train_head
 
     sources, y, class_names, key = load_data(args.folder)
@@ -326,62 +392,61 @@ def main() -> None:
         scale_retrain()
         scale_selection(args.scale_n)
         return
+    strategies = list(dict.fromkeys(["random", *args.strategies]))
     print(f"dataset {key}: {len(sources)} images, {n_classes} classes")
     x, info = embed_cached(key, sources)
     how = "cached" if info["cached"] else f"computed in {info['seconds']:.0f} s"
     print(f"embeddings {x.shape} ({how})")
     pool, test = stratified_split(y, args.test_fraction, seed=12345)
-    print(f"pool {pool.size}, fixed test split {test.size}")
+    eval_name = "test"
+    if args.validation:
+        # Design mode: the fixed test split is set aside untouched; a validation split carved out of the pool
+        # plays its role, and the active-learning pool is what is left.
+        keep, val = stratified_split(y[pool], args.test_fraction, seed=54321)
+        pool, test, eval_name = pool[keep], pool[val], "validation"
+        key += "-validation"
+    print(f"pool {pool.size}, fixed {eval_name} split {test.size}")
 
     full = train_head(x[pool], y[pool], n_classes, seed=0)
     full_acc = test_metrics(full, x[test], y[test])["accuracy"]
-    print(f"full-data head (all {pool.size} pool labels): test accuracy {full_acc:.4f}")
+    print(f"full-data head (all {pool.size} pool labels): {eval_name} accuracy {full_acc:.4f}")
 
+    sizes = schedule(n_classes, args.budget, None if args.batch else args.growth, args.batch)
+    final_n = sizes[-1]
+    print(f"labels after each round: {sizes}")
     curves: dict[str, list[list[dict[str, float]]]] = defaultdict(list)
     random_long: list[list[dict[str, float]]] = []
     cold: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    seconds: dict[str, float] = defaultdict(float)
     started = time.perf_counter()
+    # Random beyond the budget, on the same geometric grid, so "labels random needs for T" is measured.
+    long_sizes = [n for n in schedule(final_n, pool.size, 2**0.5, None) if n > final_n]
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
         pool_y = y[pool]
         seed_set = np.array([rng.choice(pool[pool_y == c]) for c in range(n_classes)])
-        for strategy in args.strategies:
+        for strategy in strategies:
             t0 = time.perf_counter()
             curves[strategy].append(
                 run_curve(
-                    strategy,
-                    seed_set,
-                    x,
-                    y,
-                    pool,
-                    test,
-                    n_classes,
-                    batch=args.batch,
-                    rounds=args.rounds,
-                    seed=seed,
-                    mc_samples=args.mc_samples,
+                    strategy, seed_set, x, y, pool, test, n_classes, sizes=sizes, seed=seed, mc_samples=args.mc_samples
                 )
             )
+            seconds[strategy] += time.perf_counter() - t0
             final = curves[strategy][-1][-1]
             print(
                 f"  seed {seed} {strategy:17s} final acc {final['accuracy']:.4f} "
                 f"bal {final['balanced_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
-        # Random on a longer budget: how many labels random needs for the targets.
         order = np.random.default_rng(20_000 + seed).permutation(np.setdiff1d(pool, seed_set))
         long_rows = []
-        final_n = n_classes + args.batch * args.rounds
-        for n_lab in sorted({final_n, *(int(final_n * f) for f in (1.5, 2, 3, 4, 6, 8, 12))} | {pool.size}):
-            if n_lab > pool.size:
-                continue
+        for n_lab in long_sizes:
             lab = np.concatenate([seed_set, order[: n_lab - n_classes]])
             res = train_head(x[lab], y[lab], n_classes, seed=seed)
             long_rows.append({"n_labels": lab.size, **test_metrics(res, x[test], y[test])})
-        random_long.append(curves["random"][-1] + [r for r in long_rows if r["n_labels"] > final_n])
+        random_long.append(curves["random"][-1] + long_rows)
         # Cold start: zero labels, no model.
-        from mltasks.core.acquisition import select
-
         for per_class in (1, 2):
             k = per_class * n_classes
             picks = {
@@ -395,17 +460,20 @@ def main() -> None:
     print(f"simulation: {time.perf_counter() - started:.0f} s")
 
     # ---------------------------------------------------------------------------- report
-    final_n = curves["random"][0][-1]["n_labels"]
-    print(f"\nActive learning, {args.seeds} seeds, start {n_classes} labels (1/class), +{args.batch}/round, ")
-    print(f"{args.rounds} rounds -> {final_n} labels; mean ± std over seeds; relative to random on the same seeds.")
+    growth = f"+{args.batch}" if args.batch else f"x{args.growth:.3g}"
+    print(
+        f"\nActive learning on the {eval_name} split, {args.seeds} seeds, start {n_classes} labels (1/class), "
+        f"{len(sizes) - 1} rounds -> {final_n} labels ({growth}/round); mean ± std over seeds of the paired "
+        "difference with random on the same seed."
+    )
     t99 = 0.99 * full_acc
     print(f"T1 = random's accuracy at {final_n} labels (per seed); T2 = 99% of full-data accuracy = {t99:.4f}")
     header = (
         f"{'strategy':17s} {'final acc':>9s} {'final bal':>9s} {'worst rec':>9s} {'saving@T1 %':>20s} "
-        f"{'saving@T2 %':>20s} {'AULC-rand (pts)':>16s} {'min Δbal (pts)':>14s}"
+        f"{'saving@T2 %':>26s} {'AULC-rand (pts)':>16s} {'min Δbal (pts)':>17s} {'s/seed':>7s}"
     )
     print(header)
-    for strategy in args.strategies:
+    for strategy in strategies:
         savings1, savings2, daulc = [], [], []
         for s in range(args.seeds):
             c, r = curves[strategy][s], curves["random"][s]
@@ -419,20 +487,28 @@ def main() -> None:
             daulc.append(aulc(c) - aulc(r))
         bal = np.array([[row["balanced_accuracy"] for row in curve] for curve in curves[strategy]])
         bal_r = np.array([[row["balanced_accuracy"] for row in curve] for curve in curves["random"]])
-        min_delta = float((bal - bal_r).mean(axis=0).min())
+        delta = bal - bal_r  # (seeds, rounds), paired
+        worst = int(delta.mean(axis=0).argmin())
+        min_delta = f"{100 * delta.mean(axis=0)[worst]:+.2f} ± {100 * delta[:, worst].std():.2f}"
         finals = [curve[-1] for curve in curves[strategy]]
         s2 = fmt([v for v in savings2 if not np.isnan(v)]) if not all(np.isnan(savings2)) else "not reached"
         if any(np.isnan(savings2)) and not all(np.isnan(savings2)):
-            s2 += f" ({int(np.isnan(savings2).sum())} not reached)"
+            s2 = fmt([v for v in savings2 if not np.isnan(v)]) + f" ({int(np.isnan(savings2).sum())} not reached)"
         print(
             f"{strategy:17s} {np.mean([f['accuracy'] for f in finals]):9.4f} "
             f"{np.mean([f['balanced_accuracy'] for f in finals]):9.4f} "
-            f"{np.mean([f['worst_class_recall'] for f in finals]):9.4f} {fmt(savings1):>20s} {s2:>20s} "
-            f"{fmt(daulc):>16s} {100 * min_delta:+14.2f}"
+            f"{np.mean([f['worst_class_recall'] for f in finals]):9.4f} {fmt(savings1):>20s} {s2:>26s} "
+            f"{fmt(daulc):>16s} {min_delta:>17s} {seconds[strategy] / args.seeds:7.1f}"
         )
     n_r2 = [labels_to_reach(rl, t99) for rl in random_long]
     print(f"labels random needs for T2: {[round(v) if np.isfinite(v) else 'not reached' for v in n_r2]}")
-    print("\nCold start (zero labels, no model): test accuracy, mean ± std over seeds")
+    print(f"\nPer-round Δ balanced accuracy vs random, points, mean over seeds (labels: {sizes})")
+    bal_r = np.array([[row["balanced_accuracy"] for row in curve] for curve in curves["random"]])
+    for strategy in strategies[1:]:
+        bal = np.array([[row["balanced_accuracy"] for row in curve] for curve in curves[strategy]])
+        print(f"  {strategy:17s}" + "".join(f"{v:+6.1f}" for v in 100 * (bal - bal_r).mean(axis=0)))
+    print(f"(default strategy of the product: {DEFAULT_STRATEGY})")
+    print("\nCold start (zero labels, no model): accuracy, mean ± std over seeds")
     for per_class in (1, 2):
         base = np.array(cold["random"][per_class])
         line = f"  {per_class} label(s)/class: random {100 * base.mean():5.1f} ± {100 * base.std():4.1f}"
@@ -467,8 +543,9 @@ def main() -> None:
             for strategy, per_seed in curves.items():
                 n = np.array([row["n_labels"] for row in per_seed[0]])
                 v = np.array([[row[metric] for row in curve] for curve in per_seed])
-                ax.plot(n, v.mean(0), label=strategy, lw=2 if strategy in ("random", "margin") else 1)
+                ax.plot(n, v.mean(0), label=strategy, lw=2 if strategy in ("random", DEFAULT_STRATEGY) else 1)
                 ax.fill_between(n, v.mean(0) - v.std(0), v.mean(0) + v.std(0), alpha=0.1)
+            ax.set_xscale("log")
             ax.set_xlabel("labels")
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)

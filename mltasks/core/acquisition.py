@@ -389,6 +389,135 @@ def typiclust(
     return cand[np.asarray(picked[:k], dtype=np.int64)]
 
 
+def _cluster_margin_from_scores(
+    scores: FloatArray,
+    x_all: FloatArray,
+    k: int,
+    *,
+    rng: np.random.Generator,
+    n_eligible: int,
+    candidate_factor: int,
+    max_candidates: int,
+) -> IndexArray:
+    # scores (n,): margin scores, -inf for items that must not be chosen; n_eligible of them are finite.
+    m = min(n_eligible, max(k, min(candidate_factor * k, max_candidates)))
+    cand = select_top_k(scores, m, rng=rng)  # (m,) best first
+    if m == k:
+        return cand
+    _, labels = kmeans(x_all[cand], k, rng=rng)  # (m,) cluster of each candidate
+    # cand is ordered most uncertain first, so a cluster's first occurrence is its most uncertain member.
+    chosen = np.sort(np.unique(labels, return_index=True)[1])  # positions into cand, best first
+    if chosen.size < k:  # emptied or duplicate clusters: the next most uncertain candidates fill the batch
+        rest = np.setdiff1d(np.arange(m), chosen)[: k - chosen.size]
+        chosen = np.sort(np.concatenate([chosen, rest]))
+    return cand[chosen[:k]]
+
+
+def cluster_margin(
+    probs: ArrayLike,
+    embeddings: ArrayLike,
+    k: int,
+    *,
+    rng: np.random.Generator,
+    candidate_factor: int = 10,
+    max_candidates: int = 20_000,
+) -> IndexArray:
+    """Diverse margin: the most uncertain item of each of k clusters of the top margin candidates.
+
+    probs (n, c), embeddings (n, d). Takes the m = min(n, max(k, min(candidate_factor * k, max_candidates))) items
+    of highest margin score, k-means (k-means++ seeding, <= 10 Lloyd steps) them into k clusters in embedding
+    space, and returns each cluster's most uncertain member, most uncertain first. Plain top-k margin picks
+    near-copies when the batch is large; this keeps margin's choice of region and spreads the batch over it.
+    A simplification of Cluster-Margin (Citovsky et al. 2021, https://arxiv.org/abs/2107.14263: HAC over the
+    pool, round-robin over the clusters of the top margin items). Cost: O(n c) for the scores plus
+    O(k m d) per k-means step; at 1M x 1280 with k = 1000, m = 10,000 (see docs/ml.md for the measured time).
+    """
+    p = _probs(probs)  # (n, c)
+    x_all = _embeddings(embeddings, "embeddings")  # (n, d)
+    n = x_all.shape[0]
+    if p.shape[0] != n:
+        raise ShapeError(f"probs has {p.shape[0]} rows, embeddings {n}")
+    _check_k(k, n)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    return _cluster_margin_from_scores(
+        margin(p),
+        x_all,
+        k,
+        rng=rng,
+        n_eligible=n,
+        candidate_factor=candidate_factor,
+        max_candidates=max_candidates,
+    )
+
+
+def weak_fraction(labeled_counts: ArrayLike, min_per_class: float) -> float:
+    """Mean over classes of max(0, 1 - n_c / min_per_class): 1 with no label, 0 once every class has enough."""
+    counts = np.asarray(labeled_counts, dtype=np.float64)
+    if counts.size == 0 or min_per_class <= 0:
+        return 0.0
+    return float(np.clip(1.0 - counts / min_per_class, 0.0, 1.0).mean())
+
+
+def hybrid(
+    probs: ArrayLike,
+    embeddings: ArrayLike,
+    k: int,
+    *,
+    labeled_embeddings: ArrayLike | None = None,
+    labeled_counts: ArrayLike | None = None,
+    rng: np.random.Generator,
+    min_per_class: float = 5.0,
+    candidate_factor: int = 10,
+    max_candidates: int = 20_000,
+) -> IndexArray:
+    """TypiClust while the model is weak, cluster-margin once every class has a few labels.
+
+    probs (n, c), embeddings (n, d); labeled_embeddings (L, d) mark the clusters already covered;
+    labeled_counts (c,) labels per class (absent: L / c for every class, L = 0 without labeled_embeddings).
+    A share f = mean_c max(0, 1 - n_c / min_per_class) of the batch (rounded) goes to TypiClust's typical points
+    of uncovered clusters, the rest to ``cluster_margin`` among the other items. With 1 label per class and
+    min_per_class = 5 that is 80% TypiClust; from 5 labels in every class on it is pure cluster-margin. Why:
+    uncertainty from a head trained on one or two labels per class points at the wrong places (margin's early
+    dip below random), while typical points of uncovered regions help most in that low-budget regime (Hacohen
+    et al. 2022); once each class has a few labels, margin is the stronger signal. Typical items come first.
+    """
+    p = _probs(probs)  # (n, c)
+    x_all = _embeddings(embeddings, "embeddings")  # (n, d)
+    n = x_all.shape[0]
+    if p.shape[0] != n:
+        raise ShapeError(f"probs has {p.shape[0]} rows, embeddings {n}")
+    _check_k(k, n)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    lab = None if labeled_embeddings is None else _embeddings(labeled_embeddings, "labeled_embeddings")
+    if labeled_counts is None:
+        n_lab = 0 if lab is None else lab.shape[0]
+        counts = np.full(p.shape[1], n_lab / max(p.shape[1], 1))
+    else:
+        counts = np.asarray(labeled_counts, dtype=np.float64)
+        if counts.shape != (p.shape[1],):
+            raise ShapeError(f"labeled_counts must be ({p.shape[1]},), got shape {counts.shape}")
+    k_typ = min(k, int(round(k * weak_fraction(counts, min_per_class))))
+    typ = np.zeros(0, dtype=np.int64)
+    if k_typ:
+        typ = typiclust(x_all, k_typ, labeled_embeddings=lab, rng=rng, max_candidates=max_candidates)
+    if k_typ == k:
+        return typ
+    scores = margin(p)
+    scores[typ] = -np.inf
+    rest = _cluster_margin_from_scores(
+        scores,
+        x_all,
+        k - k_typ,
+        rng=rng,
+        n_eligible=n - k_typ,
+        candidate_factor=candidate_factor,
+        max_candidates=max_candidates,
+    )
+    return np.concatenate([typ, rest]).astype(np.int64)
+
+
 def _pairwise_sq(x: FloatArray) -> tuple[FloatArray, FloatArray]:
     norms = _sq_norms(x)
     return np.maximum(norms[:, None] + norms[None, :] - 2.0 * (x @ x.T), 0.0), norms
@@ -404,13 +533,15 @@ class PoolInputs:
     """What a strategy may look at; each array describes the same n unlabeled items.
 
     probs: (n, c) calibrated probabilities of the current head; embeddings: (n, d) frozen features (or the head's
-    penultimate features for BADGE); labeled_embeddings: (L, d); mc_probs: (T, n, c) MC-dropout samples.
+    penultimate features for BADGE); labeled_embeddings: (L, d); mc_probs: (T, n, c) MC-dropout samples;
+    labeled_counts: (c,) labels per class in the labeled set (how weak the model still is, for ``hybrid``).
     """
 
     probs: FloatArray | None = None
     embeddings: FloatArray | None = None
     labeled_embeddings: FloatArray | None = None
     mc_probs: FloatArray | None = None
+    labeled_counts: IndexArray | None = None
 
     @property
     def n(self) -> int:
@@ -528,6 +659,55 @@ class TypiClustStrategy:
         )
 
 
+@dataclass(frozen=True)
+class ClusterMarginStrategy:
+    name: str = "cluster_margin"
+    needs: tuple[str, ...] = ("probs", "embeddings")
+    candidate_factor: int = 10
+    max_candidates: int = 20_000
+
+    def select(self, k: int, inputs: PoolInputs, *, rng: np.random.Generator) -> IndexArray:
+        probs, embeddings = inputs.require("probs"), inputs.require("embeddings")
+        _check_k(k, inputs.n)
+        return cluster_margin(
+            probs,
+            embeddings,
+            k,
+            rng=rng,
+            candidate_factor=self.candidate_factor,
+            max_candidates=self.max_candidates,
+        )
+
+
+@dataclass(frozen=True)
+class HybridStrategy:
+    """``hybrid``: TypiClust for the classes with fewer than ``min_per_class`` labels, cluster-margin after.
+
+    Also reads ``labeled_embeddings`` and ``labeled_counts`` when given (see ``hybrid``).
+    """
+
+    name: str = "hybrid"
+    needs: tuple[str, ...] = ("probs", "embeddings")
+    min_per_class: float = 5.0
+    candidate_factor: int = 10
+    max_candidates: int = 20_000
+
+    def select(self, k: int, inputs: PoolInputs, *, rng: np.random.Generator) -> IndexArray:
+        probs, embeddings = inputs.require("probs"), inputs.require("embeddings")
+        _check_k(k, inputs.n)
+        return hybrid(
+            probs,
+            embeddings,
+            k,
+            labeled_embeddings=inputs.labeled_embeddings,
+            labeled_counts=inputs.labeled_counts,
+            rng=rng,
+            min_per_class=self.min_per_class,
+            candidate_factor=self.candidate_factor,
+            max_candidates=self.max_candidates,
+        )
+
+
 REGISTRY: dict[str, Strategy] = {
     "random": RandomStrategy(),
     "least_confidence": UncertaintyStrategy("least_confidence", least_confidence),
@@ -537,9 +717,11 @@ REGISTRY: dict[str, Strategy] = {
     "kcenter": KCenterStrategy(),
     "badge": BadgeStrategy(),
     "typiclust": TypiClustStrategy(),
+    "cluster_margin": ClusterMarginStrategy(),
+    "hybrid": HybridStrategy(),
 }
 STRATEGIES: tuple[str, ...] = tuple(REGISTRY)
-DEFAULT_STRATEGY = "margin"
+DEFAULT_STRATEGY = "hybrid"
 COLD_START_STRATEGY = "typiclust"
 
 
@@ -558,13 +740,14 @@ def select(
     embeddings: ArrayLike | None = None,
     labeled_embeddings: ArrayLike | None = None,
     mc_probs: ArrayLike | None = None,
+    labeled_counts: ArrayLike | None = None,
     rng: np.random.Generator,
 ) -> IndexArray:
     """Pick k items of the unlabeled pool with the named strategy; indices into the pool, best first.
 
-    probs (n, c), embeddings (n, d), labeled_embeddings (L, d), mc_probs (T, n, c): pass what the strategy needs
-    (``REGISTRY[name].needs``). Raises EmptyPoolError, PoolTooSmallError, MissingInputError, ShapeError,
-    UnknownNameError.
+    probs (n, c), embeddings (n, d), labeled_embeddings (L, d), mc_probs (T, n, c), labeled_counts (c,): pass
+    what the strategy needs (``REGISTRY[name].needs``; ``hybrid`` and the geometric strategies also use the labeled
+    set when given). Raises EmptyPoolError, PoolTooSmallError, MissingInputError, ShapeError, UnknownNameError.
     """
     strat = strategy_get(strategy)
     inputs = PoolInputs(
@@ -574,5 +757,6 @@ def select(
         if labeled_embeddings is None
         else _embeddings(labeled_embeddings, "labeled_embeddings"),
         mc_probs=None if mc_probs is None else np.asarray(mc_probs, dtype=np.float32),
+        labeled_counts=None if labeled_counts is None else np.asarray(labeled_counts, dtype=np.int64).reshape(-1),
     )
     return strat.select(k, inputs, rng=rng)

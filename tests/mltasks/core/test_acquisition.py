@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 
 from mltasks.core.acquisition import (
+    DEFAULT_STRATEGY,
+    REGISTRY,
     badge,
     bald,
+    cluster_margin,
     entropy,
+    hybrid,
     kcenter_greedy,
     least_confidence,
     margin,
@@ -16,6 +20,7 @@ from mltasks.core.acquisition import (
     select,
     select_top_k,
     typiclust,
+    weak_fraction,
 )
 from mltasks.core.errors import MissingInputError, ShapeError, UnknownNameError
 
@@ -156,3 +161,92 @@ def test_select_errors() -> None:
         select("badge", 1, probs=P, embeddings=np.zeros((5, 2)), rng=rng)
     with pytest.raises(ValueError):
         select("margin", -1, probs=P, rng=rng)
+
+
+# --- cluster-margin and the hybrid default ------------------------------------------------------------------------
+
+
+def _uncertain_blobs(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """4 blobs of 50; the model hesitates in blobs 2 and 3, a little more in blob 2 than in blob 3."""
+    x, blob = _blobs(rng, n_blobs=4, per=50)
+    probs = np.tile([0.99, 0.01], (x.shape[0], 1))
+    probs[blob == 2] = [0.51, 0.49]
+    probs[blob == 3] = [0.55, 0.45]
+    probs += rng.uniform(0, 1e-3, size=probs.shape)  # no exact ties
+    return x, blob, (probs / probs.sum(1, keepdims=True)).astype(np.float32)
+
+
+def test_cluster_margin_spreads_the_batch_over_the_uncertain_region(rng: np.random.Generator) -> None:
+    x, blob, probs = _uncertain_blobs(rng)
+    top = select_top_k(margin(probs), 2, rng=np.random.default_rng(0))
+    assert blob[top].tolist() == [2, 2]  # plain margin: two near-copies from the most uncertain blob
+    picks = cluster_margin(probs, x, 2, rng=np.random.default_rng(0), candidate_factor=50)
+    assert sorted(blob[picks].tolist()) == [2, 3]  # one per cluster of the uncertain candidates
+    # each pick is its cluster's most uncertain member, and the batch is ordered most uncertain first
+    scores = margin(probs)
+    for p in picks:
+        assert scores[p] == scores[blob == blob[p]].max()
+    assert scores[picks[0]] >= scores[picks[1]]
+
+
+def test_cluster_margin_never_leaves_the_candidates(rng: np.random.Generator) -> None:
+    x, blob, probs = _uncertain_blobs(rng)
+    picks = cluster_margin(probs, x, 10, rng=np.random.default_rng(0), candidate_factor=3)
+    candidates = set(select_top_k(margin(probs), 30, rng=np.random.default_rng(0)).tolist())
+    assert set(picks.tolist()) <= candidates and np.unique(picks).size == 10
+    assert set(blob[picks].tolist()) <= {2, 3}  # confident blobs are never candidates
+
+
+def test_cluster_margin_fills_the_batch_when_every_item_is_a_duplicate() -> None:
+    x = np.ones((40, 3), dtype=np.float32)  # k-means finds one non-empty cluster
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=40).astype(np.float32)
+    picks = cluster_margin(probs, x, 8, rng=np.random.default_rng(0))
+    assert picks.size == 8 and np.unique(picks).size == 8
+    np.testing.assert_array_equal(np.sort(picks), np.sort(select_top_k(margin(probs), 8, rng=np.random.default_rng(0))))
+
+
+def test_weak_fraction_known_answers() -> None:
+    assert weak_fraction([0, 0, 0], 5) == 1.0
+    assert weak_fraction([5, 9, 100], 5) == 0.0
+    assert weak_fraction([1, 5], 5) == pytest.approx(0.4)  # (0.8 + 0) / 2
+    assert weak_fraction([], 5) == 0.0
+
+
+def test_hybrid_is_typiclust_for_a_weak_model_and_cluster_margin_once_every_class_has_enough(
+    rng: np.random.Generator,
+) -> None:
+    x, _, probs = _uncertain_blobs(rng)
+    none_yet = hybrid(probs, x, 6, labeled_counts=[0, 0], rng=np.random.default_rng(3))
+    np.testing.assert_array_equal(none_yet, typiclust(x, 6, rng=np.random.default_rng(3)))
+    enough = hybrid(probs, x, 6, labeled_counts=[5, 7], rng=np.random.default_rng(3))
+    np.testing.assert_array_equal(enough, cluster_margin(probs, x, 6, rng=np.random.default_rng(3)))
+
+
+def test_hybrid_splits_the_batch_by_how_weak_each_class_is(rng: np.random.Generator) -> None:
+    x, blob, probs = _uncertain_blobs(rng)
+    labeled = x[[0, 60]]  # blobs 0 and 1 already hold a label
+    # class 0 has 1 of 5 labels (weak 0.8), class 1 has 5 (weak 0): 40% of 10 picks are typical points
+    picks = hybrid(probs, x, 10, labeled_embeddings=labeled, labeled_counts=[1, 5], rng=np.random.default_rng(0))
+    assert picks.size == 10 and np.unique(picks).size == 10
+    typical = typiclust(x, 4, labeled_embeddings=labeled, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(picks[:4], typical)
+    assert set(blob[typical].tolist()) <= {2, 3}  # TypiClust goes to the blobs no label covers yet
+    assert set(blob[picks[4:]].tolist()) <= {2, 3}  # the margin part: the uncertain blobs
+    # without counts, L / c labels per class are assumed: 2 labels / 2 classes = 1 each, weak 0.8, 8 typical
+    no_counts = hybrid(probs, x, 10, labeled_embeddings=labeled, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(
+        no_counts[:8], typiclust(x, 8, labeled_embeddings=labeled, rng=np.random.default_rng(0))
+    )
+
+
+def test_hybrid_is_the_default_and_reads_labeled_counts_through_select(rng: np.random.Generator) -> None:
+    assert DEFAULT_STRATEGY == "hybrid" and DEFAULT_STRATEGY in REGISTRY
+    x, _, probs = _uncertain_blobs(rng)
+    a = select("hybrid", 5, probs=probs, embeddings=x, labeled_counts=[9, 9], rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(a, cluster_margin(probs, x, 5, rng=np.random.default_rng(1)))
+    b = select("hybrid", 5, probs=probs, embeddings=x, labeled_counts=[9, 9], rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ShapeError):
+        select("hybrid", 5, probs=probs, embeddings=x, labeled_counts=[1, 2, 3], rng=np.random.default_rng(1))
+    with pytest.raises(MissingInputError):
+        select("hybrid", 5, probs=probs, rng=np.random.default_rng(1))
