@@ -54,6 +54,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "labeling.middleware.DatabaseUnavailableMiddleware",  # a 503 JSON error while PostgreSQL is down
+    "labeling.security_headers.ContentSecurityPolicyMiddleware",
 ]
 
 if ANNOTATE_ENV == "prod":
@@ -146,10 +148,27 @@ IMPORT_SYNC_MAX_FILES = env.int("IMPORT_SYNC_MAX_FILES", default=20)  # larger u
 IMPORT_SYNC_MAX_BYTES = env.int("IMPORT_SYNC_MAX_BYTES", default=20 * 1024 * 1024)
 IMPORT_MAX_ZIP_ENTRIES = env.int("IMPORT_MAX_ZIP_ENTRIES", default=100_000)
 IMPORT_MAX_REFERENCES = env.int("IMPORT_MAX_REFERENCES", default=10_000)
+# URL imports (labeling.services.fetch): only public addresses unless a CIDR here allows more
+# (e.g. "10.20.0.0/16" for an internal image server). Never list the metadata range 169.254.0.0/16.
+IMPORT_URL_ALLOWED_NETWORKS = env.list("IMPORT_URL_ALLOWED_NETWORKS", default=[])
+IMPORT_URL_TIMEOUT_SECONDS = env.float("IMPORT_URL_TIMEOUT_SECONDS", default=10.0)  # per fetch, redirects included
+IMPORT_URL_MAX_REDIRECTS = env.int("IMPORT_URL_MAX_REDIRECTS", default=3)
+IMPORT_URL_SYNC_MAX = env.int("IMPORT_URL_SYNC_MAX", default=5)  # more URLs than this: a background import job
 PROJECT_CREATE_REQUIRES_STAFF = env.bool("PROJECT_CREATE_REQUIRES_STAFF", default=False)
 
 # Login throttle counters must be shared across web processes in production (e.g. redis://).
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+# Brute force (labeling.services.auth): after LOGIN_MAX_FAILURES failed sign-ins for one
+# user name, or LOGIN_MAX_FAILURES_PER_IP from one address, sign-in is refused (HTML form
+# error, API 429) until LOGIN_LOCKOUT_SECONDS after the first failure of the window.
+LOGIN_MAX_FAILURES = env.int("LOGIN_MAX_FAILURES", default=5)
+LOGIN_MAX_FAILURES_PER_IP = env.int("LOGIN_MAX_FAILURES_PER_IP", default=50)
+LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=900)
+# Reverse proxies in front of the web server that append to X-Forwarded-For (nginx: 1).
+# 0 takes REMOTE_ADDR; only set it when the web port is reachable by the proxy alone.
+LOGIN_PROXY_COUNT = env.int("LOGIN_PROXY_COUNT", default=0)
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":  # Redis down: degrade, never 500
+    CACHES["default"]["BACKEND"] = "labeling.cache.FailSoftRedisCache"
 
 # --- the annotator workspace and the queue --------------------------------------------
 UNDO_WINDOW_SECONDS = env.int("UNDO_WINDOW_SECONDS", default=120)
@@ -246,6 +265,16 @@ CSRF_COOKIE_HTTPONLY = False  # the workspace JS reads it to send X-CSRFToken
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Content-Security-Policy, set by labeling.security_headers on every answer. Pages load
+# scripts only from our static files (data for them comes in json_script blocks, which are
+# not executed); style attributes stay allowed (progress bars, class colors).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# Third-party pages with inline scripts of their own (the Swagger UI) keep their own rules.
+CONTENT_SECURITY_POLICY_EXEMPT_PREFIXES = ["/api/v1/docs/", "/admin/"]
 if ANNOTATE_ENV == "prod":
     if _db["ENGINE"].endswith("sqlite3") or not CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         raise ImproperlyConfigured("prod needs DATABASE_URL=postgres://... and CELERY_BROKER_URL=redis://...")

@@ -332,6 +332,8 @@ def ml_jobs_reconcile(*, now: Any = None) -> dict[str, int]:
     - RUNNING with a heartbeat older than ``ML_JOB_STALE_AFTER_S`` (the worker died): back to
       PENDING and enqueue; after ``ML_JOB_MAX_ATTEMPTS`` claims it is FAILED instead.
     - Projects with items missing embeddings and no active embed job: ``embedding_request``.
+    - PENDING import jobs the broker refused (``labeling.services.items`` notes it in
+      ``error``) for longer than the grace: enqueue again.
     Returns counts per action.
     """
     now = now or timezone.now()
@@ -339,7 +341,14 @@ def ml_jobs_reconcile(*, now: Any = None) -> dict[str, int]:
     requeue_after = timedelta(seconds=_setting("ML_JOB_REQUEUE_AFTER_S", 3600))
     stale_after = timedelta(seconds=_setting("ML_JOB_STALE_AFTER_S", 600))
     max_attempts = int(_setting("ML_JOB_MAX_ATTEMPTS", 5))
-    counts = {"enqueued": 0, "requeued_lost": 0, "requeued_stale": 0, "failed_stale": 0, "embed_requested": 0}
+    counts = {
+        "enqueued": 0,
+        "requeued_lost": 0,
+        "requeued_stale": 0,
+        "failed_stale": 0,
+        "embed_requested": 0,
+        "imports_enqueued": 0,
+    }
 
     never_sent = MLJob.objects.filter(status=Status.PENDING, enqueued_at__isnull=True, created_at__lte=now - grace)
     for job_id in never_sent.values_list("id", flat=True):
@@ -380,6 +389,33 @@ def ml_jobs_reconcile(*, now: Any = None) -> dict[str, int]:
             # retry_failed=False: a job that failed on these very items is not retried every minute.
             _, queued = _embedding_request(project=project, actor=None, retry_failed=False)
             counts["embed_requested"] += int(queued)
+    counts["imports_enqueued"] = _import_jobs_reenqueue(before=now - grace)
     if any(counts.values()):
         logger.info("ml jobs reconcile: %s", counts)
     return counts
+
+
+def _import_jobs_reenqueue(*, before: Any) -> int:
+    """Import jobs whose enqueue failed (the broker was down): send them again.
+
+    ``_enqueue`` in ``labeling.services.items`` writes a note into ``error`` of a PENDING job
+    when the broker refuses it; a job that was sent has an empty ``error`` until it runs.
+    The note is cleared first: if the broker refuses again, ``_enqueue`` writes it back.
+    Returns how many the broker took.
+    A duplicate delivery is harmless (the run claims the job under a row lock, and what an
+    earlier run imported is refused as a duplicate by content hash).
+    """
+    from labeling.models import ImportJob
+    from labeling.services.items import import_job_enqueue
+
+    n = 0
+    waiting = ImportJob.objects.filter(status=ImportJob.Status.PENDING, created_at__lte=before).exclude(error="")
+    for job in waiting.only("id"):
+        with transaction.atomic():
+            claimed = ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.PENDING).exclude(error="")
+            if not claimed.update(error=""):
+                continue
+            import_job_enqueue(job=job)
+        # The enqueue ran on commit: it left the note empty when the broker took the job.
+        n += ImportJob.objects.filter(pk=job.pk, error="").exists()
+    return n
