@@ -23,6 +23,12 @@ def _has_postgres() -> bool:
     return os.environ.get("DATABASE_URL", "").startswith("postgres")
 
 
+def _browser_missing() -> str | None:
+    from tests.browser.support import chromium_missing_reason
+
+    return chromium_missing_reason()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "postgres" in item.keywords and not _has_postgres():
@@ -31,6 +37,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "redis" in item.keywords and not os.environ.get("TEST_REDIS_URL"):
             item.add_marker(pytest.mark.skip(reason="NOT TESTED: needs Redis (TEST_REDIS_URL)"))
             _skipped_for["Redis"] = _skipped_for.get("Redis", 0) + 1
+        if "browser" in item.keywords and (no_browser := _browser_missing()):
+            item.add_marker(pytest.mark.skip(reason=no_browser))
+            _skipped_for["Chromium (browser tests)"] = _skipped_for.get("Chromium (browser tests)", 0) + 1
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
