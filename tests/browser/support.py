@@ -8,9 +8,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 from pathlib import Path
 
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+# CHROMIUM_PATH, else the chromium on PATH (Debian installs /usr/bin/chromium).
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root in a container, where Chromium's sandbox cannot start
     "--disable-gpu",
