@@ -246,6 +246,8 @@ class AnnotationListApi(APIView):
     class Pagination(LimitOffsetPagination):
         max_limit = 1000
 
+    pagination_class = Pagination  # so that the schema documents the paginated envelope it returns
+
     @extend_schema(
         operation_id="annotation_list",
         summary="The project's annotations (annotators: only their own)",
