@@ -6,7 +6,8 @@
 
 Creates (idempotently: it refuses if the project exists) a 3-reader radiology-style project
 with four annotators paid per hour or per label, one reviewer, five days of annotations with
-lognormal active times, consensus and gold labels, five model versions whose evaluation
+lognormal active times, gold labels and reviews, consensus by the app's own Dawid-Skene
+recompute (with its agreement statistics), five model versions whose evaluation
 accuracy follows a noisy power law, and two live jobs. Login: dash-manager / dash-manager-pw.
 Item files are not written: the dashboard never opens them. Never run it against production.
 """
@@ -50,6 +51,7 @@ from labeling.models import (  # noqa: E402
     Review,
 )
 from labeling.selectors.dashboard import project_cost_summary  # noqa: E402
+from labeling.services.ml_runs import ml_run_consensus  # noqa: E402
 
 PROJECT = "Chest X-ray triage (dashboard demo)"
 CLASSES = ["normal", "pneumonia", "effusion", "nodule", "cardiomegaly"]
@@ -117,7 +119,7 @@ def main() -> None:
                 mode="L",
                 split=Item.Split.EVALUATION if i % 10 == 0 else Item.Split.TRAIN,
                 wanted=3,
-                gold_label=classes[truth[i]] if i % 40 == 1 else None,
+                gold_label=classes[truth[i]] if i % 10 == 1 else None,  # ~70 gold answers per reader
             )
             for i in range(n_items)
         )
@@ -149,21 +151,14 @@ def main() -> None:
             Annotation.objects.filter(pk=a.pk).update(submitted_at=t)
         # A few undone answers: they must not count.
         Annotation.objects.filter(pk__in=[a.pk for a in objs[::97]]).update(retracted_at=now)
-        # Items: done with a majority consensus, or disputed and reviewed.
-        consensus, reviews = [], []
+        # Items: done, or disputed (three different answers) and settled by the reviewer.
+        reviews = []
         for k in range(labeled):
             votes = [c.pk for (i, _u, c, _d) in anns[3 * k : 3 * k + 3]]
-            top = max(set(votes), key=votes.count)
-            if votes.count(top) == 1 and len(reviews) < 60:
+            # Gold items are not sent to review: their answer is known (and the panel is measured on them).
+            if len(set(votes)) == 3 and len(reviews) < 60 and items[k].gold_label is None:
                 reviews.append(Review(item=items[k], reviewer=reviewer, label=classes[truth[k]]))
-                consensus.append(
-                    ConsensusLabel(item=items[k], label=classes[truth[k]], confidence=1.0, method="review")
-                )
-            else:
-                conf = votes.count(top) / 3
-                consensus.append(ConsensusLabel(item=items[k], label_id=top, confidence=conf, method="majority"))
         Review.objects.bulk_create(reviews)
-        ConsensusLabel.objects.bulk_create(consensus)
         reviewed = {r.item_id for r in reviews}
         Item.objects.filter(pk__in=[it.pk for it in items[:labeled]]).update(annotation_count=3, status="done")
         Item.objects.filter(pk__in=reviewed).update(status="reviewed")
@@ -171,6 +166,17 @@ def main() -> None:
             annotation_count=1, lease_count=2, status="full"
         )
 
+    # Consensus labels, reliabilities and agreement come from the app's own full recompute
+    # (Dawid-Skene over the answers above, gold and reviews clamped), run as its job would run,
+    # so the quality panel shows what the app computes, not numbers made up here.
+    job = MLJob.objects.create(project=project, kind=MLJob.Kind.CONSENSUS, input_fingerprint="demo-consensus")
+    ml_run_consensus(job_id=job.pk)
+    job.refresh_from_db()
+    if job.status != MLJob.Status.SUCCEEDED:
+        raise SystemExit(f"consensus job {job.pk} {job.status}: {job.error}")
+    print(f"consensus: {job.message}; {ConsensusLabel.objects.filter(item__project=project).count()} labels")
+
+    with transaction.atomic():
         # Model versions on a noisy power law err(n) = 1.6 n^-0.45 + 0.06.
         # Money at training: the project's real cost per consensus label so far, times the labels.
         cpc = project_cost_summary(project_id=project.pk).cost_per_consensus_label or Decimal("1")
