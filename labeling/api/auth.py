@@ -1,16 +1,22 @@
 """API: API tokens. ``POST /api/v1/auth/token/`` trades a username and password for the
 caller's token; ``DELETE`` revokes it (the old key then gets 401 everywhere).
+``DELETE /api/v1/auth/tokens/{user_id}/`` lets staff revoke anybody's token (a leaked
+key); others get 404.
 
-Login attempts are throttled per client address with DRF's ScopedRateThrottle, scope
-``login`` (default 10/min; ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["login"]`` overrides
-it). The counters live in Django's default cache: with several web processes that cache
-must be shared (Redis), or each process counts on its own.
+Brute force, two layers: failed attempts are counted per user name and per client
+address (``labeling.services.auth``: ``LOGIN_MAX_FAILURES`` in ``LOGIN_LOCKOUT_SECONDS``,
+then 429 ``login_throttled``, for the HTML sign-in form too), and every attempt is rate
+limited per address with DRF's ScopedRateThrottle, scope ``login`` (default 10/min;
+``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["login"]`` overrides it). The counters live in
+Django's default cache: with several web processes that cache must be shared (Redis), or
+each process counts on its own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.urls import path
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
@@ -20,7 +26,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 from rest_framework.views import APIView
 
-from labeling.services.auth import auth_token_issue, auth_token_revoke
+from labeling.services.auth import auth_token_issue, auth_token_revoke, auth_token_revoke_for
 
 LOGIN_RATE = "10/min"
 
@@ -69,7 +75,7 @@ class AuthTokenApi(APIView):
         responses={
             200: CreateOutputSerializer,
             400: OpenApiResponse(description="invalid_credentials or validation_error"),
-            429: OpenApiResponse(description="throttled: too many login attempts"),
+            429: OpenApiResponse(description="login_throttled or throttled: too many login attempts"),
         },
         auth=[],
     )
@@ -84,3 +90,21 @@ class AuthTokenApi(APIView):
     def delete(self, request: Request) -> Response:
         auth_token_revoke(user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AuthTokenRevokeApi(APIView):
+    """DELETE: revoke another user's token (staff only; everybody else gets 404)."""
+
+    @extend_schema(
+        operation_id="auth_token_revoke_user",
+        request=None,
+        responses={204: None, 404: OpenApiResponse(description="not_found")},
+    )
+    def delete(self, request: Request, user_id: int) -> Response:
+        auth_token_revoke_for(actor=request.user, user_id=user_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+urlpatterns = [
+    path("auth/tokens/<int:user_id>/", AuthTokenRevokeApi.as_view(), name="api-auth-token-revoke"),
+]

@@ -4,6 +4,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", include("labeling.api.projects")),
+    path("", include("labeling.api.auth")),
     path("", include("labeling.api.items")),
     path("", include("labeling.api.queue")),
     path("", include("labeling.api.exports")),

@@ -278,19 +278,31 @@ def url_fetch(url: str, *, cap: int) -> bytes:
                 raise FetchRefused(
                     RejectCode.FILE_TOO_LARGE, f"The server announces {length} bytes, over the limit of {limit}."
                 )
-            return _read_capped(response, cap=cap, deadline=deadline, url=url)
+            return _read_capped(response, conn, cap=cap, deadline=deadline, url=url)
         finally:
             conn.close()
     raise FetchRefused(RejectCode.FETCH_FAILED, f"More than {max_redirects} redirects.")
 
 
-def _read_capped(response: http.client.HTTPResponse, *, cap: int, deadline: float, url: str) -> bytes:
+def _read_capped(
+    response: http.client.HTTPResponse, conn: http.client.HTTPConnection, *, cap: int, deadline: float, url: str
+) -> bytes:
+    """The body, at most ``cap`` bytes, read before ``deadline``.
+
+    ``read1`` returns what has arrived instead of waiting for a full chunk, and each wait is
+    bounded by the time left, so a server that trickles a byte at a time is cut off at the
+    deadline rather than after its whole body.
+    """
     chunks: list[bytes] = []
     got = 0
     while got < cap:
-        _remaining(deadline, url)
+        left = _remaining(deadline, url)
+        if conn.sock is not None:
+            conn.sock.settimeout(left)
         try:
-            chunk = response.read(min(_CHUNK, cap - got))
+            chunk = response.read1(min(_CHUNK, cap - got))
+        except TimeoutError:
+            raise FetchRefused(RejectCode.FETCH_FAILED, f"Fetching {url_display(url)} took too long.") from None
         except (OSError, http.client.HTTPException) as exc:
             raise FetchRefused(RejectCode.FETCH_FAILED, f"Could not read the body: {exc}") from None
         if not chunk:

@@ -14,7 +14,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse
@@ -25,6 +26,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from labeling.errors import NotFoundError, PermissionDeniedError
 from labeling.models import Annotation, Item, Membership
 from labeling.selectors.access import ANNOTATE, project_access
+from labeling.services.auth import LoginThrottledError, login_authenticate
 
 # Items whose labeling is finished: annotated to the wanted overlap, or settled by a reviewer.
 DONE_STATUSES = (Item.Status.DONE, Item.Status.REVIEWED)
@@ -146,9 +148,36 @@ def workspace(request: HttpRequest, project_id: int) -> HttpResponse:
     return render(request, "labeling/workspace.html", context)
 
 
+class ThrottledAuthenticationForm(AuthenticationForm):
+    """Django's sign-in form, with the password checked behind the brute-force throttle."""
+
+    throttled = False
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username")
+        password = self.cleaned_data.get("password")
+        if username is not None and password:
+            try:
+                self.user_cache = login_authenticate(request=self.request, username=username, password=password)
+            except LoginThrottledError as exc:
+                self.throttled = True
+                raise ValidationError(exc.message, code="login_throttled")
+            if self.user_cache is None:
+                raise self.get_invalid_login_error()
+            self.confirm_login_allowed(self.user_cache)
+        return self.cleaned_data
+
+
 class LoginView(auth_views.LoginView):
     template_name = "registration/login.html"
     redirect_authenticated_user = True
+    form_class = ThrottledAuthenticationForm
+
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
+        response = super().form_invalid(form)
+        if getattr(form, "throttled", False):
+            response.status_code = 429
+        return response
 
 
 urlpatterns = [
