@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 
-.PHONY: run test install install-dev lint format migrate demo bench-queue bench-al bench-consensus clean
+.PHONY: run test install install-dev lint format migrate demo bench-queue bench-load bench-al bench-consensus clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ format: install-dev
 
 bench-queue: install-dev
 	$(PY) bench/queue_bench.py
+
+bench-load: install-dev
+	$(PY) bench/load.py $(ARGS)
 
 bench-al: install-dev
 	$(PY) bench/active_learning.py

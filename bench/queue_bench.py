@@ -33,15 +33,11 @@ if __name__ == "__main__" and sys.path and sys.path[0].rstrip("/").endswith("ben
     sys.path.pop(0)
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -49,12 +45,20 @@ import uuid  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-PG = "postgres://postgres@127.0.0.1:5432"
-# 1x1 grey PNG.
-TINY_PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
-    "3a7e9b550000000a4944415478da63f80f00010101001bb6ee560000000049454e44ae426082"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (  # noqa: E402
+    HttpClient,
+    build_project,
+    ensure_annotators,
+    ensure_database,
+    free_port,
+    pct,
+    prepare_app,
+    reset_queue,
+    server_times,
+    start_server,
+    stop_server,
+    verify,
 )
 
 
@@ -83,187 +87,6 @@ def parse_args() -> argparse.Namespace:
 # --- setup ------------------------------------------------------------------------------
 
 
-def ensure_database(name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{PG}/{name}"
-
-
-def server_env(database_url: str, var_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "ANNOTATE_ENV": "dev",
-            "DJANGO_DEBUG": "0",
-            "DATABASE_URL": database_url,
-            "ANNOTATE_VAR_DIR": str(var_dir),
-            "CELERY_BROKER_URL": "memory://",
-            "LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(REPO),
-        }
-    )
-    return env
-
-
-def django_setup(env: dict[str, str]) -> None:
-    os.environ.update({k: env[k] for k in ("ANNOTATE_ENV", "DJANGO_DEBUG", "DATABASE_URL", "ANNOTATE_VAR_DIR")})
-    os.environ.update({"CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING"})
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "annotate.settings")
-    sys.path.insert(0, str(REPO))
-    import django
-
-    django.setup()
-
-
-def build_project(*, n_items: int, overlap: int, eval_fraction: float, eval_rate: float, reuse: bool):  # type: ignore[no-untyped-def]
-    from django.db import connection
-
-    from labeling.models import Item, LabelClass, Project
-
-    name = f"bench-{n_items}-o{overlap}"
-    project = Project.objects.filter(name=name).first()
-    if project is not None and reuse and Item.objects.filter(project=project).count() == n_items:
-        print(f"reusing project {project.pk} ({n_items} items)", flush=True)
-        Project.objects.filter(pk=project.pk).update(eval_rate=eval_rate, show_suggestions=True)
-        project.refresh_from_db()
-        return project
-    if project is not None:
-        print(f"dropping old project {project.pk}", flush=True)
-        with connection.cursor() as cursor:  # the ORM cascade would load every row
-            cursor.execute(
-                "DELETE FROM labeling_annotation WHERE item_id IN (SELECT id FROM labeling_item WHERE project_id = %s)",
-                [project.pk],
-            )
-            cursor.execute("DELETE FROM labeling_lease WHERE project_id = %s", [project.pk])
-            cursor.execute("DELETE FROM labeling_item WHERE project_id = %s", [project.pk])
-        project.delete()
-    project = Project.objects.create(
-        name=name, overlap=overlap, max_overlap=overlap, eval_fraction=eval_fraction, eval_rate=eval_rate
-    )
-    for i, cls in enumerate(["normal", "benign", "malignant"]):
-        LabelClass.objects.create(project=project, name=cls, shortcut=str(i + 1), order=i)
-
-    t0 = time.perf_counter()
-    rng = random.Random(0)
-    connection.ensure_connection()
-    raw = connection.connection  # the psycopg connection, autocommit: COPY commits on its own
-    with (
-        raw.cursor() as cur,
-        cur.copy(
-            "COPY labeling_item (project_id, file, thumbnail, original_name, sha256, width, height, mode, metadata,"
-            " split, status, priority, wanted, annotation_count, lease_count, created_at) FROM STDIN"
-        ) as copy,
-    ):
-        for i in range(n_items):
-            split = "evaluation" if rng.random() < eval_fraction else "train"
-            copy.write_row(
-                (
-                    project.pk,
-                    "bench/shared.png",
-                    "",
-                    f"img{i:07d}.png",
-                    f"{project.pk:08x}{i:056x}",
-                    1,
-                    1,
-                    "L",
-                    "{}",
-                    split,
-                    "open",
-                    rng.random(),
-                    overlap,
-                    0,
-                    0,
-                    "2026-01-01T00:00:00Z",
-                )
-            )
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE labeling_item")
-    print(f"built project {project.pk}: {n_items} items by COPY in {time.perf_counter() - t0:.1f} s", flush=True)
-    return project
-
-
-def ensure_annotators(project, k: int) -> list[str]:  # type: ignore[no-untyped-def]
-    from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
-
-    from labeling.models import Membership
-
-    tokens = []
-    for i in range(k):
-        user, created = get_user_model().objects.get_or_create(username=f"bench-annotator-{i}")
-        if created:
-            user.set_unusable_password()
-            user.save()
-        Membership.objects.get_or_create(user=user, project=project, defaults={"role": Membership.Role.ANNOTATOR})
-        tokens.append(Token.objects.get_or_create(user=user)[0].key)
-    return tokens
-
-
-def reset_queue(project_id: int) -> None:
-    """Back to an untouched queue: no leases, no annotations, counters zero (touched rows only)."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "DELETE FROM labeling_annotation WHERE lease_id IN (SELECT id FROM labeling_lease WHERE project_id = %s)",
-            [project_id],
-        )
-        cursor.execute(
-            "UPDATE labeling_item SET status = 'open', annotation_count = 0, lease_count = 0"
-            " WHERE id IN (SELECT item_id FROM labeling_lease WHERE project_id = %s)",
-            [project_id],
-        )
-        cursor.execute("DELETE FROM labeling_lease WHERE project_id = %s", [project_id])
-        # Dead index entries at the head of item_queue_open would slow the next run's first pulls.
-        cursor.execute("VACUUM ANALYZE labeling_item")
-        cursor.execute("VACUUM ANALYZE labeling_lease")
-        cursor.execute("VACUUM ANALYZE labeling_annotation")
-
-
-def verify(project_id: int) -> dict[str, int]:
-    """Counted from rows, not from the counters the code under test maintains."""
-    from django.db import connection
-
-    queries = {
-        "over_assigned": """
-            SELECT count(*) FROM labeling_item i JOIN (
-                SELECT item_id, sum(n) AS n FROM (
-                    SELECT a.item_id, count(*) AS n FROM labeling_annotation a
-                    JOIN labeling_lease l ON l.id = a.lease_id
-                    WHERE l.project_id = %(p)s AND a.retracted_at IS NULL GROUP BY a.item_id
-                    UNION ALL
-                    SELECT item_id, count(*) FROM labeling_lease
-                    WHERE project_id = %(p)s AND state = 'active' GROUP BY item_id
-                ) u GROUP BY item_id
-            ) t ON t.item_id = i.id WHERE t.n > i.wanted""",
-        "repeated": """
-            SELECT count(*) FROM (
-                SELECT a.item_id, a.annotator_id FROM labeling_annotation a
-                JOIN labeling_lease l ON l.id = a.lease_id
-                WHERE l.project_id = %(p)s GROUP BY 1, 2 HAVING count(*) > 1
-            ) r""",
-        "counter_mismatch": """
-            SELECT count(*) FROM labeling_item i
-            WHERE i.id IN (SELECT item_id FROM labeling_lease WHERE project_id = %(p)s)
-              AND (i.annotation_count <> (SELECT count(*) FROM labeling_annotation a
-                                          WHERE a.item_id = i.id AND a.retracted_at IS NULL)
-                OR i.lease_count <> (SELECT count(*) FROM labeling_lease l
-                                     WHERE l.item_id = i.id AND l.state = 'active'))""",
-        "annotations": """
-            SELECT count(*) FROM labeling_annotation a JOIN labeling_lease l ON l.id = a.lease_id
-            WHERE l.project_id = %(p)s""",
-    }
-    out = {}
-    with connection.cursor() as cursor:
-        for key, sql in queries.items():
-            cursor.execute(sql, {"p": project_id})
-            out[key] = int(cursor.fetchone()[0])
-    return out
-
-
 def explain_pick(project, user_id: int) -> str:  # type: ignore[no-untyped-def]
     """EXPLAIN ANALYZE of the pick-and-lease statement, rolled back."""
     from django.db import connection, transaction
@@ -283,54 +106,13 @@ def explain_pick(project, user_id: int) -> str:  # type: ignore[no-untyped-def]
 # --- the server ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wsgi_without_consensus():  # type: ignore[no-untyped-def]
-    """gunicorn app factory (``bench.queue:wsgi_without_consensus()``): the app, consensus hook off."""
+    """gunicorn app factory (``bench.queue_bench:wsgi_without_consensus()``): the app, consensus hook off."""
     from annotate.wsgi import application
     from labeling.services import queue
 
     queue._after_submit = lambda item_ids: None  # type: ignore[assignment]
     return application
-
-
-def start_server(
-    env: dict[str, str], port: int, workers: int, threads: int, access_log: Path, *, consensus: bool = True
-) -> subprocess.Popen:  # type: ignore[type-arg]
-    cmd = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "annotate.wsgi" if consensus else "bench.queue:wsgi_without_consensus()",
-        "-w",
-        str(workers),
-        "-k",
-        "gthread",
-        "--threads",
-        str(threads),
-        "-b",
-        f"127.0.0.1:{port}",
-        "--preload",  # import Django once, before forking: no cold first request per worker
-        "--keep-alive",
-        "30",
-        "--access-logfile",
-        str(access_log),
-        "--access-logformat",
-        "%(U)s %(s)s %(D)s",
-    ]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return proc
-        if proc.poll() is not None:
-            raise RuntimeError("gunicorn exited")
-        time.sleep(0.2)
-    raise RuntimeError("gunicorn did not start")
 
 
 # --- the annotators -----------------------------------------------------------------------
@@ -348,23 +130,9 @@ class Stats:
 def annotator(
     port: int, token: str, project_id: int, label_ids: list[int], stop_at: float, think_s: float, stats: Stats
 ) -> None:
-    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    client = HttpClient(port, token)
+    call = client.call
     rng = random.Random(token)
-    perf = time.perf_counter
-
-    def call(method: str, path: str, body: bytes | None = None) -> tuple[int, bytes, float]:
-        nonlocal conn
-        t0 = perf()
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            res = conn.getresponse()
-            data = res.read()
-            return res.status, data, (perf() - t0) * 1000
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            return 0, str(exc).encode(), (perf() - t0) * 1000
 
     while time.monotonic() < stop_at:
         status, data, ms = call("GET", f"/api/v1/projects/{project_id}/next/")
@@ -390,31 +158,7 @@ def annotator(
                 stats.error_samples.append(f"submit {status} {data[:200]!r}")
             continue
         stats.submit_ms.append(ms)
-    conn.close()
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q / 100 * len(s)))]
-
-
-def server_times(access_log: Path, offset: int) -> tuple[list[float], list[float]]:
-    next_ms, submit_ms = [], []
-    with open(access_log, "rb") as f:
-        f.seek(offset)
-        for line in f.read().decode(errors="replace").splitlines():
-            parts = line.split()
-            if len(parts) != 3:
-                continue
-            path, status, micros = parts
-            ms = int(micros) / 1000 if micros.isdigit() else float("nan")
-            if path.endswith("/next/") and status == "200":
-                next_ms.append(ms)
-            elif path == "/api/v1/annotations/" and status == "201":
-                submit_ms.append(ms)
-    return next_ms, submit_ms
+    client.close()
 
 
 def run_once(*, k: int, port: int, tokens: list[str], project, label_ids: list[int], args, access_log: Path) -> dict:  # type: ignore[no-untyped-def]
@@ -509,14 +253,8 @@ def main() -> int:
     levels = [int(x) for x in args.annotators.split(",")]
     var_dir = Path(tempfile.mkdtemp(prefix="annotate-bench-"))
     database_url = ensure_database(args.db)
-    env = server_env(database_url, var_dir)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
-    django_setup(env)
+    env = prepare_app(database_url, var_dir)
     from labeling.models import LabelClass
-
-    media = var_dir / "media" / "bench"
-    media.mkdir(parents=True, exist_ok=True)
-    (media / "shared.png").write_bytes(TINY_PNG)
 
     project = build_project(
         n_items=args.items,
@@ -542,7 +280,8 @@ def main() -> int:
         flush=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on kill
-    server = start_server(env, port, args.workers, args.threads, access_log, consensus=not args.no_consensus_hook)
+    app = "bench.queue_bench:wsgi_without_consensus()" if args.no_consensus_hook else "annotate.wsgi"
+    server = start_server(env, port, args.workers, args.threads, access_log, app=app)
     try:
         # Warm-up: import everything in every worker, open their DB connections.
         run_once(
@@ -574,8 +313,7 @@ def main() -> int:
                     print("      error:", sample)
             print(row("MEDIAN", median_row(rows)), flush=True)
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        stop_server(server)
     return 0
 
 
