@@ -26,6 +26,8 @@ class Project(models.Model):
         BALD = "bald", "BALD (MC dropout)"
         KCENTER = "kcenter", "k-center greedy (core-set)"
         BADGE = "badge", "BADGE"
+        CLUSTER_MARGIN = "cluster_margin", "Cluster-margin (diverse margin)"
+        HYBRID = "hybrid", "Hybrid: TypiClust while classes have few labels, then cluster-margin"
 
     name = models.CharField(max_length=200, help_text="Shown to annotators and managers.")
     instructions = models.TextField(blank=True, help_text="Labeling guidelines, plain text.")
@@ -50,7 +52,7 @@ class Project(models.Model):
         default=True, help_text="Show the model's suggestion to annotators (off to measure anchoring bias)."
     )
     strategy = models.CharField(
-        max_length=30, choices=Strategy.choices, default=Strategy.MARGIN, help_text="Active-learning query strategy."
+        max_length=30, choices=Strategy.choices, default=Strategy.HYBRID, help_text="Active-learning query strategy."
     )
     retrain_every = models.PositiveIntegerField(default=50, help_text="Retrain after this many new consensus labels.")
     backbone = models.CharField(max_length=100, blank=True, help_text="Feature backbone; blank = the server default.")

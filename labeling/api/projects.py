@@ -132,7 +132,7 @@ class _ProjectSettingsSerializer(serializers.Serializer):
     eval_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
     gold_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
     show_suggestions = serializers.BooleanField(required=False)
-    strategy = serializers.ChoiceField(choices=Project.Strategy.choices, required=False, help_text="Default margin.")
+    strategy = serializers.ChoiceField(choices=Project.Strategy.choices, required=False, help_text="Default hybrid.")
     retrain_every = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
     backbone = serializers.CharField(required=False, allow_blank=True, max_length=100)
 

@@ -592,6 +592,7 @@ def _score(job: MLJob) -> None:
             result=result,
             backbone=backbone,
             rng=rng,
+            class_ids=[int(c) for c in version.class_ids] if version is not None else None,
         )
 
     with transaction.atomic():
@@ -672,6 +673,7 @@ def _priorities(
     result: TrainResult | None,
     backbone: str,
     rng: np.random.Generator,
+    class_ids: list[int] | None = None,
 ) -> NDArray[np.float64]:
     """Priorities (n_pool,): the strategy's batch first in selection order, then the rest by score."""
     from mltasks.core import acquisition, heads
@@ -686,13 +688,20 @@ def _priorities(
         raise MLJobFailedError(f"Strategy {strategy!r} needs a trained model.", code="model_required")
     if strategy == "random":
         kwargs["embeddings"] = X_pool  # only its length is used
-    if strategy in ("kcenter", "typiclust"):
+    if strategy in ("kcenter", "typiclust", "hybrid"):
         labeled = training_labels(project_id=project.pk)
         _, labeled_X = embedding_matrix(project_id=project.pk, backbone=backbone, item_ids=labeled.item_ids.tolist())
         kwargs["embeddings"] = X_pool
         if labeled_X.size:
             kwargs["labeled_embeddings"] = labeled_X
-    if strategy in ("least_confidence", "margin", "entropy", "badge"):
+        if strategy == "hybrid" and result is not None:
+            # Labels per class of the model's classes (columns of probs): how weak the model still is.
+            index = _class_index(class_ids or [])
+            known = [index[int(c)] for c in labeled.class_ids if int(c) in index]
+            kwargs["labeled_counts"] = np.bincount(np.asarray(known, dtype=np.int64), minlength=result.n_classes)
+    if strategy == "cluster_margin":
+        kwargs["embeddings"] = X_pool
+    if strategy in ("least_confidence", "margin", "entropy", "badge", "cluster_margin", "hybrid"):
         kwargs["probs"] = probs_pool
     if strategy == "badge" and result is not None:
         kwargs["embeddings"] = heads.penultimate_features(result, X_pool)
@@ -704,6 +713,8 @@ def _priorities(
 
     if strategy in ("least_confidence", "margin", "entropy") and probs_pool is not None:
         rest = getattr(acquisition, strategy)(probs_pool)
+    elif strategy in ("cluster_margin", "hybrid") and probs_pool is not None:
+        rest = acquisition.margin(probs_pool)
     elif strategy == "badge" and probs_pool is not None:
         rest = acquisition.least_confidence(probs_pool)
     elif strategy == "bald" and mc_probs is not None:

@@ -72,7 +72,7 @@ def _check_project_numbers(values: Mapping[str, Any]) -> None:
         errors.setdefault("lease_minutes", []).append("lease_minutes must be at least 1.")
     if values.get("retrain_every", 1) < 1:
         errors.setdefault("retrain_every", []).append("retrain_every must be at least 1.")
-    strategy = values.get("strategy", Project.Strategy.MARGIN)
+    strategy = values.get("strategy", Project.Strategy.HYBRID)
     if strategy not in Project.Strategy.values:
         errors.setdefault("strategy", []).append(f"Unknown strategy {strategy!r}.")
     if not str(values.get("name", "x")).strip():
