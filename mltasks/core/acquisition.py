@@ -452,11 +452,15 @@ def cluster_margin(
 
 
 def weak_fraction(labeled_counts: ArrayLike, min_per_class: float) -> float:
-    """Mean over classes of max(0, 1 - n_c / min_per_class): 1 with no label, 0 once every class has enough."""
+    """max(0, 1 - mean_c n_c / min_per_class): 1 with no label, 0 once there are min_per_class labels per class.
+
+    The mean, not each class: a class the model finds easy gets few margin picks and may stay below
+    ``min_per_class`` for long; that is no reason to keep spending the batch on TypiClust (which does not target it).
+    """
     counts = np.asarray(labeled_counts, dtype=np.float64)
     if counts.size == 0 or min_per_class <= 0:
         return 0.0
-    return float(np.clip(1.0 - counts / min_per_class, 0.0, 1.0).mean())
+    return float(np.clip(1.0 - counts.mean() / min_per_class, 0.0, 1.0))
 
 
 def hybrid(
@@ -471,13 +475,13 @@ def hybrid(
     candidate_factor: int = 10,
     max_candidates: int = 20_000,
 ) -> IndexArray:
-    """TypiClust while the model is weak, cluster-margin once every class has a few labels.
+    """TypiClust while the model is weak, cluster-margin once the classes have a few labels each.
 
     probs (n, c), embeddings (n, d); labeled_embeddings (L, d) mark the clusters already covered;
     labeled_counts (c,) labels per class (absent: L / c for every class, L = 0 without labeled_embeddings).
-    A share f = mean_c max(0, 1 - n_c / min_per_class) of the batch (rounded) goes to TypiClust's typical points
+    A share f = max(0, 1 - mean_c n_c / min_per_class) of the batch (rounded) goes to TypiClust's typical points
     of uncovered clusters, the rest to ``cluster_margin`` among the other items. With 1 label per class and
-    min_per_class = 5 that is 80% TypiClust; from 5 labels in every class on it is pure cluster-margin. Why:
+    min_per_class = 5 that is 80% TypiClust; from 5 labels per class on it is pure cluster-margin. Why:
     uncertainty from a head trained on one or two labels per class points at the wrong places (margin's early
     dip below random), while typical points of uncovered regions help most in that low-budget regime (Hacohen
     et al. 2022); once each class has a few labels, margin is the stronger signal. Typical items come first.
@@ -681,7 +685,7 @@ class ClusterMarginStrategy:
 
 @dataclass(frozen=True)
 class HybridStrategy:
-    """``hybrid``: TypiClust for the classes with fewer than ``min_per_class`` labels, cluster-margin after.
+    """``hybrid``: TypiClust while there are fewer than ``min_per_class`` labels per class, cluster-margin after.
 
     Also reads ``labeled_embeddings`` and ``labeled_counts`` when given (see ``hybrid``).
     """

@@ -208,7 +208,8 @@ def test_cluster_margin_fills_the_batch_when_every_item_is_a_duplicate() -> None
 def test_weak_fraction_known_answers() -> None:
     assert weak_fraction([0, 0, 0], 5) == 1.0
     assert weak_fraction([5, 9, 100], 5) == 0.0
-    assert weak_fraction([1, 5], 5) == pytest.approx(0.4)  # (0.8 + 0) / 2
+    assert weak_fraction([1, 5], 5) == pytest.approx(0.4)  # 1 - 3 / 5
+    assert weak_fraction([0, 12], 5) == 0.0  # the mean: an easy class left at 0 labels does not keep it weak
     assert weak_fraction([], 5) == 0.0
 
 
@@ -225,7 +226,7 @@ def test_hybrid_is_typiclust_for_a_weak_model_and_cluster_margin_once_every_clas
 def test_hybrid_splits_the_batch_by_how_weak_each_class_is(rng: np.random.Generator) -> None:
     x, blob, probs = _uncertain_blobs(rng)
     labeled = x[[0, 60]]  # blobs 0 and 1 already hold a label
-    # class 0 has 1 of 5 labels (weak 0.8), class 1 has 5 (weak 0): 40% of 10 picks are typical points
+    # 3 labels per class on average, 5 wanted: 40% of 10 picks are typical points
     picks = hybrid(probs, x, 10, labeled_embeddings=labeled, labeled_counts=[1, 5], rng=np.random.default_rng(0))
     assert picks.size == 10 and np.unique(picks).size == 10
     typical = typiclust(x, 4, labeled_embeddings=labeled, rng=np.random.default_rng(0))
