@@ -849,8 +849,9 @@ def project_quality(
 
     * human-level error: 1 - the best accuracy vs gold among annotators with at least
       MIN_GOLD_FOR_HUMAN_LEVEL gold answers;
-    * panel error: 1 - the accuracy vs gold of consensus labels on gold items (consensus made
-      *from* the gold answer, method "gold", excluded);
+    * panel error: 1 - the accuracy vs gold of the panel's consensus on gold items, made by the
+      last full recompute with the gold answers held out (before any recompute: reviewed gold
+      items only, since a gold item's live consensus is its gold answer);
     * model error: 1 - the active model's evaluation-set accuracy.
     Accuracy vs consensus includes the annotator's own vote in the consensus, so it flatters
     everyone a little, most with low overlap.
@@ -899,7 +900,11 @@ def project_quality(
     else:
         human, human_reason = None, "not yet available: no gold items and no Dawid–Skene run with enough overlap"
 
-    panel = {"n": sum(r["panel_n"] for r in items), "ok": sum(r["panel_ok"] for r in items)}
+    # Gold basis: the last full recompute's consensus made with the gold answers held out
+    # (the live consensus of a gold item is the gold answer itself); else reviewed gold items.
+    panel = dict(ds.get("panel_vs_gold") or {"n": 0, "ok": 0})
+    if not panel["n"]:
+        panel = {"n": sum(r["panel_n"] for r in items), "ok": sum(r["panel_ok"] for r in items)}
     if panel["n"]:
         panel_error, panel_reason = 1.0 - panel["ok"] / panel["n"], ""
     elif ds.get("method") == "dawid_skene" and ds.get("panel_error") is not None:

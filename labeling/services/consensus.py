@@ -347,6 +347,12 @@ def consensus_recompute(*, project_id: int, n_boot: int = 200, seed: int = 0) ->
         for j, a in enumerate(maps.annotators)
     ]
     report = agreement_report(table, n_boot=n_boot, rng=np.random.default_rng(seed))
+    panel_vs_gold = _panel_vs_gold(
+        table,
+        use_ds=use_ds,
+        gold={item_index[i]: class_index[c] for i, c in gold_items.items() if i in item_index},
+        reviewed={item_index[i]: class_index[c] for i, c in reviewed.items() if i in item_index and c in class_index},
+    )
     # The core speaks in indices; the dashboard needs annotator and class ids.
     for pair in report["pairwise"]:
         pair["a"], pair["b"] = int(maps.annotators[pair["a"]]), int(maps.annotators[pair["b"]])
@@ -362,8 +368,31 @@ def consensus_recompute(*, project_id: int, n_boot: int = 200, seed: int = 0) ->
         "annotators": human,
         # The expected share of consensus labels that are wrong, by the model's own posteriors.
         "panel_error": float(1.0 - probas.max(axis=1).mean()),
+        # The readers' own consensus on gold items against the gold answers (gold held out).
+        "panel_vs_gold": panel_vs_gold,
         "agreement": report,
     }
+
+
+def _panel_vs_gold(
+    table: AnswerTable, *, use_ds: bool, gold: dict[int, int], reviewed: dict[int, int]
+) -> dict[str, int]:
+    """How often the panel's consensus, made without the gold answers, matches them.
+
+    The stored consensus of a gold item *is* its gold answer (clamped), so comparing the two
+    would measure nothing. This fits the same aggregator again with only reviews clamped (gold
+    held out, so the readers' reliabilities are not learned from the answers being checked)
+    and counts agreement on the gold items the readers answered. Reviewed gold items are left
+    out: their consensus is the reviewer's, not the panel's.
+    """
+    held_out = {i: c for i, c in gold.items() if i not in reviewed}
+    if not held_out:
+        return {"n": 0, "ok": 0}
+    model = DawidSkene() if use_ds else MajorityVote()
+    labels = model.fit(table, gold=reviewed).labels_
+    idx = np.fromiter(held_out, dtype=np.int64, count=len(held_out))
+    truth = np.fromiter(held_out.values(), dtype=np.int64, count=len(held_out))
+    return {"n": int(idx.size), "ok": int((labels[idx] == truth).sum())}
 
 
 def review_submit(*, item_id: int, reviewer: AbstractBaseUser, label_id: int, note: str = "") -> Review:

@@ -216,3 +216,34 @@ def test_cadence_is_debounced_on_submit_and_caught_by_the_periodic_check(  # typ
     with django_capture_on_commit_callbacks(execute=False):
         assert cadence_check_recent() >= 1
     assert list(jobs.values_list("input_fingerprint", flat=True)) == ["auto:1"]
+
+
+def test_panel_error_compares_the_readers_consensus_with_held_out_gold(db, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+    """A gold item's live consensus is its gold answer; the panel is scored on its own answers."""
+    from labeling.selectors.dashboard import project_quality
+    from labeling.services.consensus import consensus_refresh_request
+
+    project, _, readers = project_with_members(overlap=3, n_annotators=3, classes=["cat", "dog"])
+    cat, dog = _label(project, "cat"), _label(project, "dog")
+    items = [ItemFactory(project=project, wanted=3) for _ in range(40)]
+    said = {item.pk: (cat if i % 2 else dog) for i, item in enumerate(items)}
+    for _ in items:
+        for user in readers:  # a unanimous panel
+            lease = lease_next(project=project, user=user)
+            assert lease is not None
+            annotation_submit(
+                user=user, lease_id=lease.pk, label_id=said[lease.item_id], client_id=uuid.uuid4(), duration_ms=500
+            )
+    # Ten gold items; on two of them the gold answer is the other class: the panel is wrong there.
+    for n, item in enumerate(items[:10]):
+        wrong = dog if said[item.pk] == cat else cat
+        item_set_gold(item=item, label_id=wrong if n < 2 else said[item.pk])
+    assert ConsensusLabel.objects.get(item=items[0]).method == "gold"
+    with django_capture_on_commit_callbacks(execute=True):
+        job = consensus_refresh_request(project=project)
+    job.refresh_from_db()
+    assert job.status == MLJob.Status.SUCCEEDED, job.error
+    assert job.result["panel_vs_gold"] == {"n": 10, "ok": 8}
+    quality = project_quality(project=project, model_accuracy=None)
+    assert quality.panel_basis == "gold" and quality.panel_n == 10
+    assert quality.panel_error == pytest.approx(0.2)
