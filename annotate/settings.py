@@ -24,6 +24,9 @@ if ANNOTATE_ENV not in {"dev", "test", "prod"}:
 VAR_DIR = Path(env.str("ANNOTATE_VAR_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = env.bool("DJANGO_DEBUG", default=(ANNOTATE_ENV == "dev"))
+if ANNOTATE_ENV == "prod" and DEBUG:
+    # Debug pages print settings, SQL and stack frames to anyone who triggers an error.
+    raise ImproperlyConfigured("DJANGO_DEBUG must be off when ANNOTATE_ENV=prod")
 
 if ANNOTATE_ENV == "prod":
     SECRET_KEY = env.str("DJANGO_SECRET_KEY")  # no default: boot fails when unset
