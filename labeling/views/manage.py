@@ -145,7 +145,7 @@ def _item_counts(project: Project) -> dict[str, Any]:
         "total": total,
         "done": done,
         "percent_done": round(100 * done / total) if total else 0,
-        "by_status": [(label, by_status.get(value, 0)) for value, label in Item.Status.choices],
+        "by_status": [(value, label, by_status.get(value, 0)) for value, label in Item.Status.choices],
     }
 
 

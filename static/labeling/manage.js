@@ -51,8 +51,19 @@
       for (const r of report.rejected) list.append(el("li", `${r.file}: ${r.reason}`));
       reportBox.append(el("p", "Refused:"), list);
     }
+    // New items start open ("Wants annotators"): move the counters without a reload.
     const total = document.getElementById("items-total");
-    if (total) total.textContent = String(Number(total.textContent) + report.imported);
+    const open = document.getElementById("items-status-open");
+    const done = document.getElementById("items-done");
+    if (total) {
+      const n = Number(total.textContent) + report.imported;
+      total.textContent = String(n);
+      if (done) {
+        const d = Number(done.dataset.done);
+        done.textContent = `${d} (${n ? Math.round((100 * d) / n) : 0}%)`;
+      }
+    }
+    if (open) open.textContent = String(Number(open.textContent) + report.imported);
   }
 
   function fail(message) {

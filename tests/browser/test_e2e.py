@@ -184,6 +184,8 @@ def test_manager_creates_project_imports_images_and_downloads_exports(  # type: 
     expect(page.locator("#import-progress")).to_have_attribute("aria-valuenow", "100")
     expect(page.locator("#import-summary")).to_have_text("Imported 25 images, 0 duplicates skipped, 0 refused.")
     expect(page.locator("#items-total")).to_have_text("25")
+    expect(page.locator("#items-status-open")).to_have_text("25")  # the counters follow without a reload
+    expect(page.locator("#items-done")).to_have_text("0 (0%)")
     shots(page, "manage-import-finished")
     job = ImportJob.objects.get(project=project)  # it went through the background job, not the 201 path
     assert (job.status, job.processed, job.total, job.report["imported"]) == ("succeeded", 25, 25, 25)

@@ -125,6 +125,7 @@ def test_manage_page_shows_counts_classes_jobs_and_links(client: Client) -> None
     )
     html = _login(client, manager).get(reverse("project-manage", args=[project.pk])).content.decode()
     assert 'id="items-total">3<' in html
+    assert 'id="items-status-open">3<' in html
     for name in ("cat", "dog", "bird"):
         assert name in html
     assert "zip: scans.zip" in html and "9 / 9" in html
