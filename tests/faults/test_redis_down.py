@@ -20,6 +20,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from labeling.models import Annotation, ImportJob, Item, MLJob, Project
+from labeling.services.consensus import consensus_refresh_request
 from labeling.services.ml_jobs import ml_jobs_reconcile
 from tests.conftest import WorkerProcess, png_bytes
 from tests.factories import project_with_members
@@ -74,6 +75,10 @@ def test_annotators_keep_working_while_redis_is_down_and_jobs_are_sent_after(
         for client in clients:  # Redis up: nothing special
             _label_one(client, project, label.pk)
         assert not MLJob.objects.exists()
+        # A job sent while Redis is up but no worker runs: its message dies with Redis.
+        lost = consensus_refresh_request(project=project)
+        lost.refresh_from_db()
+        assert lost.enqueued_at is not None
 
         private_redis.stop()
         assert cache.get("probe") is None  # a miss, not an error
@@ -93,7 +98,7 @@ def test_annotators_keep_working_while_redis_is_down_and_jobs_are_sent_after(
 
         # Every answer is in PostgreSQL; the consensus jobs due meanwhile exist, never sent.
         assert Annotation.objects.filter(item__project=project).count() == 16
-        jobs = MLJob.objects.filter(project=project, kind=MLJob.Kind.CONSENSUS)
+        jobs = MLJob.objects.filter(project=project, kind=MLJob.Kind.CONSENSUS).exclude(pk=lost.pk)
         assert sorted(jobs.values_list("input_fingerprint", flat=True)) == ["auto:1", "auto:2", "auto:3", "auto:4"]
         assert set(jobs.values_list("status", flat=True)) == {MLJob.Status.PENDING}
         assert not jobs.filter(enqueued_at__isnull=False).exists()
@@ -109,7 +114,7 @@ def test_annotators_keep_working_while_redis_is_down_and_jobs_are_sent_after(
         back = ml_jobs_reconcile(now=later)
         # The 4 consensus jobs, and the embed job the reconcile asked for while Redis was down
         # (these items have no embedding; they have no file either, so it will fail: not our point).
-        assert back["enqueued"] == MLJob.objects.filter(project=project).count() == 5
+        assert back["enqueued"] == MLJob.objects.filter(project=project).exclude(pk=lost.pk).count() == 5
         assert back["imports_enqueued"] == 1
         assert not MLJob.objects.filter(enqueued_at__isnull=True).exists()
         assert ml_jobs_reconcile(now=later)["enqueued"] == 0  # sent once, not on every tick
@@ -129,6 +134,20 @@ def test_annotators_keep_working_while_redis_is_down_and_jobs_are_sent_after(
             )
             assert list(jobs.values_list("attempt", flat=True)) == [1, 1, 1, 1]
             assert Item.objects.filter(project=project).count() == 32
+
+            # The message sent before the outage was lost with Redis's memory: the job waits,
+            # PENDING, until the reconcile's lost-message window has passed, then runs once.
+            lost.refresh_from_db()
+            assert lost.status == MLJob.Status.PENDING and lost.attempt == 0
+            requeue_at = timezone.now() + timedelta(seconds=settings.ML_JOB_REQUEUE_AFTER_S + 1)
+            assert ml_jobs_reconcile(now=requeue_at)["requeued_lost"] == 1
+            wait_for(
+                "the lost job",
+                lambda: MLJob.objects.get(pk=lost.pk).status == MLJob.Status.SUCCEEDED,
+                timeout=60,
+                log=worker.log,
+            )
+            assert MLJob.objects.get(pk=lost.pk).attempt == 1
 
             # A duplicate message (e.g. the lost-message requeue) runs nothing again.
             from mltasks.tasks import consensus_refresh
