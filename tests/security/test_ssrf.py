@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -44,7 +47,7 @@ class Server:
         return f"http://{self.host}:{self.port}{path}"
 
 
-def _serve(host: str) -> Iterator[Server]:
+def _serve(host: str, tls: ssl.SSLContext | None = None) -> Iterator[Server]:
     state = Server(host=host, port=0)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -90,6 +93,8 @@ def _serve(host: str) -> Iterator[Server]:
 
     server = http.server.ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -245,3 +250,33 @@ def test_ssrf_guard_also_applies_in_the_background_job(
     assert job.report["imported"] == 0
     assert [r["code"] for r in job.report["rejected"]] == ["address_not_allowed", "address_not_allowed"]
     assert server.requests == []
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    """An HTTPS server on 127.0.0.1 with a fresh self-signed certificate for IP 127.0.0.1."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    for state in _serve("127.0.0.1", tls=context):
+        yield state, cert
+
+
+def test_ssrf_https_verifies_the_certificate_of_the_pinned_host(
+    world: World, tls_server: tuple[Server, Path], settings, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    server, cert = tls_server
+    settings.IMPORT_URL_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    url = f"https://127.0.0.1:{server.port}/img.png"
+    # An untrusted (self-signed) certificate: refused.
+    report = _import(world, [url])
+    assert _codes(report) == ["fetch_failed"] and "CERTIFICATE_VERIFY_FAILED" in report["rejected"][0]["reason"]
+    # Trusted (OpenSSL reads SSL_CERT_FILE when the context loads its default CAs): imported over TLS.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    report = _import(world, [url])
+    assert report["imported"] == 1, report
