@@ -409,9 +409,10 @@ def _import_job_create(
 def _enqueue(task: Any, job_id: int) -> None:
     try:
         task.delay(job_id)
-    except (KombuOperationalError, OSError):
-        # The job row is committed and stays pending; import_job_enqueue() can send it again.
-        logger.exception("import: could not enqueue import job %s", job_id)
+    except (KombuOperationalError, OSError) as exc:
+        # The job row is committed and stays pending; the periodic reconcile sends it again.
+        # One line, no traceback: during a broker outage every upload lands here.
+        logger.warning("import: could not enqueue import job %s, left for reconcile: %s", job_id, exc)
         ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.PENDING).update(
             error="Could not reach the task broker; the job is waiting to be enqueued again."
         )

@@ -348,7 +348,8 @@ def _embed(job: MLJob) -> None:
     backbone = project_backbone(project=project)
     batch_size = max(1, int(_setting("ML_BATCH_SIZE", 64)))
     _job_heartbeat(job, message=f"Loading backbone {backbone}.")
-    model, spec = _backbone_load(backbone)
+    with _heartbeat_while(job, message=f"Loading backbone {backbone}."):  # seconds on a cold worker
+        model, spec = _backbone_load(backbone)
     device = _device()
     total = Item.objects.filter(project=project).count()
     done = embedding_count(project_id=project.pk, backbone=backbone)
