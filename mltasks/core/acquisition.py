@@ -6,8 +6,10 @@ Three layers (modAL / small-text shape):
    ``least_confidence``, ``margin``, ``entropy``; ``bald`` maps MC-dropout samples ``(T, n, k) -> (n,)``.
 2. ``select_top_k(scores, k, *, rng)``: the k best scores, ties broken by ``rng`` (never the global RNG).
 3. Strategies, one ``select`` protocol, looked up by name in ``STRATEGIES``; ``select(name, k, ...)`` is the
-   entry point the services call. Batch-aware strategies (``kcenter``, ``badge``, ``typiclust``) pick a diverse
-   batch, not k near-copies of one image.
+   entry point the services call. Batch-aware strategies (``kcenter``, ``badge``, ``typiclust``,
+   ``cluster_margin``, ``hybrid``) pick a diverse batch, not k near-copies of one image. The default, ``hybrid``,
+   spends the batch on TypiClust's typical points while the labeled set has few labels per class and on
+   cluster-margin (the most uncertain item of each of k clusters of the top margin candidates) after.
 
 Every strategy selects from the *unlabeled pool* and returns ``k`` distinct indices into it, in priority order
 (first = most wanted). Labeled items are never in the pool, they only enter as ``labeled_embeddings`` (initial
@@ -18,8 +20,8 @@ Scale (1M items x 1280 dims, k = 1000, 2 CPU cores; see docs/ml.md for the measu
 scores are O(n k) and run in well under a second. The geometric methods are quadratic in spirit, so they run on a
 candidate subset of at most ``max_candidates`` items (default 20,000, raised to ``4 k`` for large batches): a random
 subset for k-center and TypiClust (coverage of the distribution), the items with the largest gradient-embedding norm
-for BADGE (the only ones k-means++ would realistically pick). Distances are float32 and computed in row chunks, so
-nothing n x n (or n x candidates) is materialised.
+for BADGE (the only ones k-means++ would realistically pick), the 10 k items of highest margin for cluster-margin.
+Distances are float32 and computed in row chunks, so nothing n x n (or n x candidates) is materialised.
 """
 
 from __future__ import annotations
