@@ -87,7 +87,9 @@ class LabelClassInputSerializer(serializers.Serializer):
         max_length=1, required=False, allow_blank=True, help_text="One keyboard key; unique in the project."
     )
     color = serializers.CharField(max_length=7, required=False, help_text="#rrggbb (default #4e79a7).")
-    order = serializers.IntegerField(min_value=0, required=False, help_text="Display order; default: after the last.")
+    order = serializers.IntegerField(
+        min_value=0, max_value=2**31 - 1, required=False, help_text="Display order; default: after the last."
+    )
 
     class Meta:
         ref_name = "LabelClassInput"

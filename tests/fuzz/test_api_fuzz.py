@@ -106,10 +106,12 @@ def world(settings) -> Iterator[World]:  # type: ignore[no-untyped-def]
     # closing the connection at each request's end, as django.test.Client does.
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
-    settings.CELERY_TASK_ALWAYS_EAGER = False  # a 202 + job is the contract; no training in a request
     from annotate.celery import app
 
+    # Read before changing the Django setting: Celery's conf reads through to it, so reading
+    # after would "restore" False and leave every later test non-eager.
     eager = app.conf.task_always_eager
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # a 202 + job is the contract; no training in a request
     app.conf.task_always_eager = False
     w = World()
     w.ensure()

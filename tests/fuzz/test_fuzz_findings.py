@@ -55,3 +55,16 @@ def test_every_operation_documents_its_error_statuses(openapi) -> None:  # type:
                 assert "400" in codes, (method, route)
     dashboard_404 = openapi["paths"]["/api/v1/projects/{project_id}/dashboard/"]["get"]["responses"]["404"]
     assert dashboard_404["content"]["application/json"]["schema"]["$ref"] == error_ref
+
+
+def test_class_order_beyond_the_column_range_is_a_400(api_client) -> None:  # type: ignore[no-untyped-def]
+    # PostgreSQL answered "integer out of range" (a 500) for an order of 2**31 and more.
+    project, manager, _ = project_with_members()
+    api_client.force_authenticate(manager)
+    url = f"/api/v1/projects/{project.pk}/classes/"
+    response = api_client.post(url, {"name": "huge", "order": 2**31}, format="json")
+    assert response.status_code == 400
+    assert "order" in response.json()["extra"]["fields"]
+    cls = api_client.get(url).json()
+    first = (cls["results"] if isinstance(cls, dict) else cls)[0]["id"]
+    assert api_client.patch(f"{url}{first}/", {"order": 2**40}, format="json").status_code == 400
