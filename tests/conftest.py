@@ -171,6 +171,7 @@ def celery_worker_process(tmp_path: Path, settings) -> Iterator[WorkerProcess]: 
     app.conf.broker_url = os.environ["TEST_REDIS_URL"]
     app.conf.task_always_eager = False
     settings.CELERY_TASK_ALWAYS_EAGER = False
+    celery_pools_reset(app)  # a pool bound to an earlier test's broker would swallow our messages
     with app.connection_for_write() as conn:  # start from an empty queue
         for queue in ("cpu", "gpu"):
             conn.default_channel.queue_purge(queue)
@@ -181,10 +182,18 @@ def celery_worker_process(tmp_path: Path, settings) -> Iterator[WorkerProcess]: 
     finally:
         worker.stop()
         app.conf.broker_url, app.conf.task_always_eager = old
-        # Drop the pools bound to the test broker; kombu keeps them in a process-wide registry,
-        # and a closed one would make later publishes fail with "Acquire on closed pool".
-        import kombu.pools
+        celery_pools_reset(app)
 
-        kombu.pools.reset()
-        app._pool = None
-        app.amqp._producer_pool = None
+
+def celery_pools_reset(app) -> None:  # type: ignore[no-untyped-def]
+    """Drop the connection and producer pools bound to the current broker.
+
+    kombu keeps them in a process-wide registry and the app caches its own: after the broker
+    URL changes, a stale pool would publish to the old broker (or fail with "Acquire on
+    closed pool" once it is closed).
+    """
+    import kombu.pools
+
+    kombu.pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None

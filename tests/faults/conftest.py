@@ -64,10 +64,9 @@ def celery_app_on(broker_url: str, settings) -> Iterator[None]:  # type: ignore[
 
 
 def _pools_reset(app) -> None:  # type: ignore[no-untyped-def]
-    # kombu keeps connection pools in a process-wide registry: drop those bound to the old broker.
-    import kombu.pools
+    from tests.conftest import celery_pools_reset
 
-    kombu.pools.reset()
+    celery_pools_reset(app)
     app._pool = None
     app.amqp._producer_pool = None
 
