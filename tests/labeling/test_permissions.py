@@ -12,37 +12,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.urls import URLPattern, URLResolver, get_resolver
 
 from labeling.models import LabelClass, Membership
 from tests.factories import ItemFactory, MembershipFactory, UserFactory, project_with_members
+from tests.routes import routes_under
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
-
-METHODS = ("get", "post", "put", "patch", "delete")
 
 
 @pytest.fixture(autouse=True)
 def _fast_passwords(settings) -> None:  # type: ignore[no-untyped-def]
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def _project_routes() -> list[tuple[str, str]]:
-    """(route, method) for every /api/v1/ route under a project, as declared by its view."""
-    found: list[tuple[str, str]] = []
-
-    def walk(patterns: list[URLPattern | URLResolver], prefix: str) -> None:
-        for pattern in patterns:
-            if isinstance(pattern, URLResolver):
-                walk(pattern.url_patterns, prefix + str(pattern.pattern))
-                continue
-            route = prefix + str(pattern.pattern)
-            view = getattr(pattern.callback, "cls", None) or getattr(pattern.callback, "view_class", None)
-            if route.startswith("api/v1/projects/<int:project_id>/") and view is not None:
-                found.extend((route, m) for m in METHODS if hasattr(view, m))
-
-    walk(get_resolver().url_patterns, "")
-    return found
 
 
 @pytest.fixture
@@ -66,7 +46,7 @@ def _fill(route: str, project_id: int, other_id: int) -> str:
     return "/" + re.sub(r"<int:\w+>", str(other_id), url)
 
 
-@pytest.mark.parametrize(("route", "method"), _project_routes())
+@pytest.mark.parametrize(("route", "method"), routes_under("api/v1/projects/<int:project_id>/"))
 def test_outsider_gets_404_everywhere_in_a_project(api_client, two_projects, route, method) -> None:  # type: ignore[no-untyped-def]
     """Every route under /projects/{id}/, every method: the manager of another project gets 404."""
     api_client.force_authenticate(two_projects["their_manager"])

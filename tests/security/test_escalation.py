@@ -12,15 +12,14 @@ import re
 
 import pytest
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver
 
 from labeling.models import ImportJob, Membership
 from tests.factories import MembershipFactory
+from tests.routes import routes_under
 from tests.security.conftest import World, api_as
 
 pytestmark = pytest.mark.django_db
 
-METHODS = ("get", "post", "put", "patch", "delete")
 # What an annotator may call in a project it belongs to: read the project and its classes,
 # label from the queue, see its own annotations. Everything else is for managers (or reviewers).
 ANNOTATOR_MAY = {
@@ -35,30 +34,13 @@ ANNOTATOR_MAY = {
 MANAGER_PAGES = ["/projects/{pid}/manage/", "/projects/{pid}/dashboard/"]
 
 
-def _routes(prefix_filter: str) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
-
-    def walk(patterns: list[URLPattern | URLResolver], prefix: str) -> None:
-        for pattern in patterns:
-            if isinstance(pattern, URLResolver):
-                walk(pattern.url_patterns, prefix + str(pattern.pattern))
-                continue
-            route = prefix + str(pattern.pattern)
-            view = getattr(pattern.callback, "cls", None) or getattr(pattern.callback, "view_class", None)
-            if route.startswith(prefix_filter) and view is not None:
-                found.extend((route, m) for m in METHODS if hasattr(view, m))
-
-    walk(get_resolver().url_patterns, "")
-    return found
-
-
 def _url(route: str, world: World, job_id: int) -> str:
     url = route.replace("<int:project_id>", str(world.mine.pk)).replace("<int:item_id>", str(world.my_item.pk))
     url = url.replace("<int:job_id>", str(job_id))
     return "/" + re.sub(r"<int:\w+>", "1", url)
 
 
-PROJECT_ROUTES = [r for r in _routes("api/v1/projects/<int:project_id>/") if r not in ANNOTATOR_MAY]
+PROJECT_ROUTES = [r for r in routes_under("api/v1/projects/<int:project_id>/") if r not in ANNOTATOR_MAY]
 
 
 def test_the_route_list_is_not_empty() -> None:
