@@ -12,6 +12,7 @@ from annotate.celery import app
 def test_first_publish_creates_the_file_broker_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broker = tmp_path / "fresh-clone" / "var" / "broker"
     monkeypatch.setitem(app.conf, "broker_url", "filesystem://")
+    monkeypatch.setitem(app.conf, "task_always_eager", False)  # a real publish, as seed_demo does
     monkeypatch.setitem(
         app.conf,
         "broker_transport_options",
