@@ -11,7 +11,6 @@ Prints plain-text tables; docs/benchmarks.md holds a copy of the output.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import resource
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from mltasks.core.answers import AnswerTable  # noqa: E402
 from mltasks.core.consensus import MACE, DawidSkene, MajorityVote, OneCoinDawidSkene  # noqa: E402
+from mltasks.datasets import crowd_root, load_crowd  # noqa: E402
 
 METHODS: dict[str, Callable[[], MajorityVote]] = {
     "majority vote": MajorityVote,
@@ -37,26 +37,6 @@ METHODS: dict[str, Callable[[], MajorityVote]] = {
     "DS smoothing=0": lambda: DawidSkene(smoothing=0.0),
     "MACE": MACE,
 }
-
-
-def crowd_root() -> Path:
-    override = os.environ.get("ANNOTATE_CROWD_DATA")
-    return Path(override) if override else REPO.parent / "shared" / "data" / "crowd"
-
-
-def load_crowd(name: str) -> tuple[AnswerTable, np.ndarray, np.ndarray] | None:
-    folder = crowd_root() / name
-    if not (folder / "answer.csv").is_file():
-        return None
-    with open(folder / "answer.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    table, maps = AnswerTable.from_ids(
-        [r["question"] for r in rows], [r["worker"] for r in rows], [int(r["answer"]) for r in rows]
-    )
-    with open(folder / "truth.csv", newline="") as f:
-        truth = {r["question"]: int(r["truth"]) for r in csv.DictReader(f)}
-    known = [q for q in truth if q in maps.item_index]
-    return table, np.array([maps.item_index[q] for q in known]), np.array([maps.class_index[truth[q]] for q in known])
 
 
 def timed_fit(factory: Callable[[], MajorityVote], table: AnswerTable) -> tuple[MajorityVote, float]:

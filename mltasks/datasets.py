@@ -14,9 +14,13 @@ import importlib.util
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from mltasks.core.answers import AnswerTable
 
 ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 
@@ -55,3 +59,39 @@ def load_animal_mnist(*, dedupe: bool = True) -> ImageDataset:
             seen.add(digest)
         images, labels = images[keep], labels[keep]
     return ImageDataset(images=images, labels=labels, class_names=ANIMAL_CLASSES)
+
+
+# --- real crowd labels with ground truth (../shared/data/crowd) ----------------------------
+
+
+def crowd_root() -> Path:
+    """Where the crowd data sets live: $ANNOTATE_CROWD_DATA, else ``shared/data/crowd`` beside the checkout."""
+    import os
+
+    override = os.environ.get("ANNOTATE_CROWD_DATA")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "data" / "crowd"
+
+
+def load_crowd(name: str) -> tuple[AnswerTable, NDArray[np.int64], NDArray[np.int64]] | None:
+    """A crowd data set (``answer.csv`` + ``truth.csv``): (answers, item indices with truth, their true classes).
+
+    None when the folder or either file is missing.
+    """
+    import csv
+
+    from mltasks.core.answers import AnswerTable
+
+    folder = crowd_root() / name
+    if not (folder / "answer.csv").is_file() or not (folder / "truth.csv").is_file():
+        return None
+    with open(folder / "answer.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    table, maps = AnswerTable.from_ids(
+        [r["question"] for r in rows], [r["worker"] for r in rows], [int(r["answer"]) for r in rows]
+    )
+    with open(folder / "truth.csv", newline="") as f:
+        truth = {r["question"]: int(r["truth"]) for r in csv.DictReader(f)}
+    known = [q for q in truth if q in maps.item_index]
+    items = np.array([maps.item_index[q] for q in known], dtype=np.int64)
+    classes = np.array([maps.class_index[truth[q]] for q in known], dtype=np.int64)
+    return table, items, classes

@@ -8,22 +8,12 @@ files gives Dawid–Skene 0.9397 on D_Product and 0.8426 on S_Dog, published rou
 
 from __future__ import annotations
 
-import csv
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from mltasks import datasets
 from mltasks.core.answers import AnswerTable
 from mltasks.core.consensus import MACE, DawidSkene, MajorityVote, OneCoinDawidSkene
-
-
-def _crowd_root() -> Path:
-    override = os.environ.get("ANNOTATE_CROWD_DATA")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "crowd"
 
 
 @pytest.fixture(autouse=True)
@@ -32,21 +22,14 @@ def _private_media() -> None:
 
 
 def load_crowd(name: str) -> tuple[AnswerTable, np.ndarray, np.ndarray]:
-    """(table, item indices with truth, their true class indices)."""
-    folder = _crowd_root() / name
-    if not (folder / "answer.csv").is_file() or not (folder / "truth.csv").is_file():
-        pytest.skip(f"crowd data set {name!r} not found under {folder} (set ANNOTATE_CROWD_DATA to its parent folder)")
-    with open(folder / "answer.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    table, maps = AnswerTable.from_ids(
-        [r["question"] for r in rows], [r["worker"] for r in rows], [int(r["answer"]) for r in rows]
-    )
-    with open(folder / "truth.csv", newline="") as f:
-        truth = {r["question"]: int(r["truth"]) for r in csv.DictReader(f)}
-    known = [q for q in truth if q in maps.item_index]
-    items = np.array([maps.item_index[q] for q in known])
-    classes = np.array([maps.class_index[truth[q]] for q in known])
-    return table, items, classes
+    """(table, item indices with truth, their true class indices); skips when the data is not here."""
+    data = datasets.load_crowd(name)
+    if data is None:
+        pytest.skip(
+            f"crowd data set {name!r} not found under {datasets.crowd_root()} "
+            "(set ANNOTATE_CROWD_DATA to its parent folder)"
+        )
+    return data
 
 
 # (data set, majority vote, Dawid–Skene as published by crowd-kit, floor for our defaults)
