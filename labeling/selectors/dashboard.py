@@ -279,9 +279,8 @@ def _reviews(project_id: int) -> QuerySet[Review]:
     )
 
 
-def annotation_cost_expression() -> Coalesce:
-    """Cost of one annotation row of ``_live_annotations``, in SQL."""
-    hourly = ExpressionWrapper(F("m__hourly_rate") * F("duration_ms") / Value(MS_PER_HOUR), output_field=MONEY)
+def _priced(hourly: ExpressionWrapper) -> Coalesce:
+    """The membership's price per label when set, else ``hourly``; 0 without a membership row."""
     return Coalesce(
         Case(
             When(m__price_per_label__isnull=False, then=F("m__price_per_label")),
@@ -291,21 +290,17 @@ def annotation_cost_expression() -> Coalesce:
         Value(ZERO),
         output_field=MONEY,
     )
+
+
+def annotation_cost_expression() -> Coalesce:
+    """Cost of one annotation row of ``_live_annotations``, in SQL."""
+    return _priced(ExpressionWrapper(F("m__hourly_rate") * F("duration_ms") / Value(MS_PER_HOUR), output_field=MONEY))
 
 
 def review_cost_expression() -> Coalesce:
     """Cost of one review row of ``_reviews``: price per label, else the hourly rate x the assumed time."""
     hours = Decimal(review_assumed_seconds()) / Decimal(3600)
-    hourly = ExpressionWrapper(F("m__hourly_rate") * Value(hours, output_field=MONEY), output_field=MONEY)
-    return Coalesce(
-        Case(
-            When(m__price_per_label__isnull=False, then=F("m__price_per_label")),
-            default=hourly,
-            output_field=MONEY,
-        ),
-        Value(ZERO),
-        output_field=MONEY,
-    )
+    return _priced(ExpressionWrapper(F("m__hourly_rate") * Value(hours, output_field=MONEY), output_field=MONEY))
 
 
 def _money(value: Decimal | None) -> Decimal:
