@@ -8,24 +8,18 @@ Managers only: a non-member gets 404, a member with another role 403.
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path, reverse
 
-from labeling.errors import NotFoundError, PermissionDeniedError
-from labeling.selectors.access import MANAGE, project_access
+from labeling.selectors.access import MANAGE
 from labeling.selectors.dashboard import default_target_accuracy, review_assumed_seconds
+from labeling.views import page_project_access
 
 
 @login_required
 def dashboard(request: HttpRequest, project_id: int) -> HttpResponse:
-    try:
-        project, _ = project_access(project_id=project_id, user=request.user, roles=MANAGE)
-    except NotFoundError:
-        raise Http404("Project not found.")
-    except PermissionDeniedError as exc:
-        raise PermissionDenied(exc.message)
+    project, _ = page_project_access(request, project_id, roles=MANAGE)
     target = request.GET.get("target_accuracy", "")
     try:
         target_value = float(target) if target else default_target_accuracy()

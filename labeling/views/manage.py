@@ -20,14 +20,15 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
 
-from labeling.errors import NotFoundError, PermissionDeniedError
+from labeling.errors import PermissionDeniedError
 from labeling.models import ImportJob, Item, Project
-from labeling.selectors.access import MANAGE, project_access
+from labeling.selectors.access import MANAGE
 from labeling.services.projects import project_create
+from labeling.views import page_project_access
 
 EXPORT_FORMATS = (("json", "JSON"), ("jsonl", "JSON Lines"), ("csv", "CSV"))
 RECENT_IMPORT_JOBS = 5
@@ -94,12 +95,7 @@ class ProjectCreateForm(forms.Form):
 
 
 def _manager_project(request: HttpRequest, project_id: int) -> Project:
-    try:
-        project, _ = project_access(project_id=project_id, user=request.user, roles=MANAGE)
-    except NotFoundError:
-        raise Http404("Project not found.")
-    except PermissionDeniedError as exc:
-        raise PermissionDenied(exc.message)
+    project, _ = page_project_access(request, project_id, roles=MANAGE)
     return project
 
 

@@ -15,18 +15,18 @@ from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from labeling.errors import NotFoundError, PermissionDeniedError
 from labeling.models import Annotation, Item, Membership
-from labeling.selectors.access import ANNOTATE, project_access
+from labeling.selectors.access import ANNOTATE
 from labeling.services.auth import LoginThrottledError, login_authenticate
+from labeling.views import page_project_access
 
 # Items whose labeling is finished: annotated to the wanted overlap, or settled by a reviewer.
 DONE_STATUSES = (Item.Status.DONE, Item.Status.REVIEWED)
@@ -107,12 +107,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @ensure_csrf_cookie  # workspace.js reads the cookie to send X-CSRFToken on every POST
 def workspace(request: HttpRequest, project_id: int) -> HttpResponse:
-    try:
-        project, membership = project_access(project_id=project_id, user=request.user, roles=ANNOTATE)
-    except NotFoundError:
-        raise Http404("Project not found.")
-    except PermissionDeniedError as exc:
-        raise PermissionDenied(exc.message)
+    project, membership = page_project_access(request, project_id, roles=ANNOTATE)
     classes = [
         {
             "id": c.pk,
