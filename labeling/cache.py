@@ -40,59 +40,41 @@ class FailSoftRedisCache(RedisCache):
         super().__init__(server, {**params, "OPTIONS": options})
         self._last_logged = 0.0
 
+    def _soft(self, op: str, fallback: Any, call: Any, *args: Any) -> Any:
+        """``call(*args)``, or ``fallback`` (logged, rate-limited) when Redis cannot be reached."""
+        try:
+            return call(*args)
+        except _DOWN as exc:
+            self._down(op, exc)
+            return fallback
+
     def _down(self, op: str, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._last_logged >= _LOG_EVERY_S:
             self._last_logged = now
             logger.warning("cache unavailable (%s degraded to a no-op): %s", op, exc)
 
+    # Each cache operation: Redis's, or on a Redis failure the answer of a missing/unwritable key.
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
-        try:
-            return bool(super().add(key, value, timeout, version))
-        except _DOWN as exc:
-            self._down("add", exc)
-            return True
+        return bool(self._soft("add", True, super().add, key, value, timeout, version))
 
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
-        try:
-            return super().get(key, default, version)
-        except _DOWN as exc:
-            self._down("get", exc)
-            return default
+        return self._soft("get", default, super().get, key, default, version)
 
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
-        try:
-            super().set(key, value, timeout, version)
-        except _DOWN as exc:
-            self._down("set", exc)
+        self._soft("set", None, super().set, key, value, timeout, version)
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
-        try:
-            return bool(super().touch(key, timeout, version))
-        except _DOWN as exc:
-            self._down("touch", exc)
-            return False
+        return bool(self._soft("touch", False, super().touch, key, timeout, version))
 
     def delete(self, key: Any, version: int | None = None) -> bool:
-        try:
-            return bool(super().delete(key, version))
-        except _DOWN as exc:
-            self._down("delete", exc)
-            return False
+        return bool(self._soft("delete", False, super().delete, key, version))
 
     def get_many(self, keys: Any, version: int | None = None) -> dict[Any, Any]:
-        try:
-            return super().get_many(keys, version)
-        except _DOWN as exc:
-            self._down("get_many", exc)
-            return {}
+        return dict(self._soft("get_many", {}, super().get_many, keys, version))
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
-        try:
-            return bool(super().has_key(key, version))
-        except _DOWN as exc:
-            self._down("has_key", exc)
-            return False
+        return bool(self._soft("has_key", False, super().has_key, key, version))
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
         try:
@@ -102,21 +84,10 @@ class FailSoftRedisCache(RedisCache):
             raise ValueError(f"Key {key!r} not found (cache unavailable).") from exc
 
     def set_many(self, data: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> list[Any]:
-        try:
-            return super().set_many(data, timeout, version)
-        except _DOWN as exc:
-            self._down("set_many", exc)
-            return list(data)
+        return list(self._soft("set_many", list(data), super().set_many, data, timeout, version))
 
     def delete_many(self, keys: Any, version: int | None = None) -> None:
-        try:
-            super().delete_many(keys, version)
-        except _DOWN as exc:
-            self._down("delete_many", exc)
+        self._soft("delete_many", None, super().delete_many, keys, version)
 
     def clear(self) -> bool:
-        try:
-            return bool(super().clear())
-        except _DOWN as exc:
-            self._down("clear", exc)
-            return False
+        return bool(self._soft("clear", False, super().clear))
