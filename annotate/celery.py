@@ -22,9 +22,16 @@ def broker_folders_ensure() -> None:
     if not str(app.conf.broker_url or "").startswith("filesystem://"):
         return
     options = app.conf.broker_transport_options or {}
-    for key in ("data_folder_in", "data_folder_out", "control_folder", "processed_folder"):
-        if options.get(key):
-            Path(options[key]).mkdir(parents=True, exist_ok=True)
+    keys = ("data_folder_in", "data_folder_out", "control_folder", "processed_folder")
+    folders = tuple(options[key] for key in keys if options.get(key))
+    if folders in _folders_made:  # publishing is frequent: the mkdirs run once per process and layout
+        return
+    for folder in folders:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    _folders_made.add(folders)
+
+
+_folders_made: set[tuple[str, ...]] = set()
 
 
 @signals.import_modules.connect
