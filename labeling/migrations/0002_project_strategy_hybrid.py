@@ -4,15 +4,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('labeling', '0001_initial'),
+        ("labeling", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='project',
-            name='strategy',
-            field=models.CharField(choices=[('random', 'Random'), ('least_confidence', 'Least confidence'), ('margin', 'Margin'), ('entropy', 'Entropy'), ('bald', 'BALD (MC dropout)'), ('kcenter', 'k-center greedy (core-set)'), ('badge', 'BADGE'), ('cluster_margin', 'Cluster-margin (diverse margin)'), ('hybrid', 'Hybrid: TypiClust while classes have few labels, then cluster-margin')], default='hybrid', help_text='Active-learning query strategy.', max_length=30),
+            model_name="project",
+            name="strategy",
+            field=models.CharField(
+                choices=[
+                    ("random", "Random"),
+                    ("least_confidence", "Least confidence"),
+                    ("margin", "Margin"),
+                    ("entropy", "Entropy"),
+                    ("bald", "BALD (MC dropout)"),
+                    ("kcenter", "k-center greedy (core-set)"),
+                    ("badge", "BADGE"),
+                    ("cluster_margin", "Cluster-margin (diverse margin)"),
+                    ("hybrid", "Hybrid: TypiClust while classes have few labels, then cluster-margin"),
+                ],
+                default="hybrid",
+                help_text="Active-learning query strategy.",
+                max_length=30,
+            ),
         ),
     ]
